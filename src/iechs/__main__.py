@@ -1,0 +1,4 @@
+from iechs.cli import main
+import sys
+
+sys.exit(main())

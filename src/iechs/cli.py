@@ -1,0 +1,131 @@
+"""The `iechs` command line.
+
+Exit codes: 0 success; 1 a check found a problem; 2 bad input (a clear message, no traceback).
+Heavy modules are imported inside the commands so that `iechs --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["examples_dir", "main"]
+
+EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def examples_dir() -> Path:
+    """The bundled example timelines (checkout's `examples/`, else the wheel's copy)."""
+    here = Path(__file__).resolve()
+    checkout = here.parents[2] / "examples"
+    if checkout.is_dir() and (here.parents[2] / "pyproject.toml").is_file():
+        return checkout
+    return here.parent / "examples"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="iechs",
+        description="IEC-HS management after CAR-T therapy: a cited guideline run as a "
+                    "verified state machine.",
+    )
+    parser.add_argument("--version", action="version", version=f"iechs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="load and check a guideline (default: the bundled one)")
+    p.add_argument("guideline", nargs="?", help="guideline YAML (default: bundled iec-hs.yaml)")
+
+    p = sub.add_parser("run", help="run a patient timeline through the engine")
+    p.add_argument("timeline", help="timeline JSON file")
+    p.add_argument("--guideline", help="guideline YAML (default: bundled iec-hs.yaml)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("demo", help="run the bundled example timelines")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .errors import IechsError
+
+    try:
+        handler = {"validate": _validate, "run": _run, "demo": _demo}[args.command]
+        return handler(args)
+    except IechsError as exc:
+        print(f"iechs {args.command}: {exc.render()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. `iechs run x.json | head`
+        return EXIT_OK
+
+
+def _engine(guideline: str | None) -> Engine:
+    from .engine import Engine
+    from .loader import load_guideline
+
+    return Engine(load_guideline(guideline))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .report import print_validation
+
+    engine = _engine(args.guideline)  # loading checks; compiling runs the chart's validations
+    print_validation(engine.guideline)
+    return EXIT_OK
+
+
+def _run_one(engine: Engine, path: Path) -> tuple[str, Any]:
+    from .decision import run_to_json
+    from .timeline import load_timeline
+
+    timeline = load_timeline(path, engine.guideline)
+    episode = engine.run(timeline)
+    return timeline.patient.id, (episode.decisions,
+                                 run_to_json(engine.identity, timeline.patient.id,
+                                             episode.decisions))
+
+
+def _dump(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .report import print_run
+
+    engine = _engine(args.guideline)
+    patient, (decisions, doc) = _run_one(engine, Path(args.timeline))
+    if args.format == "json":
+        _dump(doc)
+    else:
+        print_run(f"{args.timeline} — patient {patient}", decisions)
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .report import print_run
+
+    engine = _engine(None)
+    files = sorted(examples_dir().glob("*.json"))
+    docs = {}
+    for path in files:
+        patient, (decisions, doc) = _run_one(engine, path)
+        if args.format == "json":
+            docs[path.name] = doc
+        else:
+            print_run(f"{path.name} — patient {patient}", decisions)
+    if args.format == "json":
+        _dump(docs)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Compile a `Guideline` into a python-statemachine `StateChart` class.
+
+Each state of the guideline becomes a `State`; each transition becomes a transition on its event
+with one guard. The guard calls back into the step's `GuardContext`, which evaluates the
+transition's criteria (three-valued) and records the verdict for the decision's explanation.
+The library's structural validations (unreachable states, trap states, final-state
+reachability) stay on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from statemachine import StateChart
+from statemachine.exceptions import InvalidDefinition
+from statemachine.io.class_factory import create_machine_class_from_definition
+
+from .errors import GuidelineError, Problem
+from .model import Guideline, TransitionDef
+
+__all__ = ["CompiledGuideline", "GuardContext", "TransitionRef", "compile_guideline"]
+
+
+@attrs.frozen
+class TransitionRef:
+    source: str
+    index: int
+    definition: TransitionDef
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}[{self.index}]"
+
+    @property
+    def target(self) -> str:
+        return self.definition.to
+
+    @property
+    def event(self) -> str:
+        return self.definition.event
+
+
+class GuardContext(Protocol):
+    """What a compiled guard calls: evaluate the transition's criteria, say if it may fire."""
+
+    def check(self, ref: TransitionRef) -> bool: ...
+
+
+@attrs.frozen
+class CompiledGuideline:
+    guideline: Guideline
+    chart: type[StateChart]
+    transitions: tuple[TransitionRef, ...]
+
+
+def _class_name(guideline_id: str) -> str:
+    words = re.split(r"[^0-9A-Za-z]+", guideline_id)
+    return "".join(w[:1].upper() + w[1:] for w in words if w) + "Chart"
+
+
+def _guard(ref: TransitionRef) -> Callable[..., bool]:
+    def guard(ctx: GuardContext) -> bool:
+        return ctx.check(ref)
+
+    guard.__name__ = f"guard_{ref.source}_{ref.index}"
+    guard.__qualname__ = guard.__name__
+    return guard
+
+
+def compile_guideline(g: Guideline) -> CompiledGuideline:
+    """Build the StateChart class of a (checked) guideline."""
+    refs: list[TransitionRef] = []
+    states: dict[str, Any] = {}
+    for sid, s in g.states.items():
+        definition: dict[str, Any] = {"name": s.name}
+        if s.initial:
+            definition["initial"] = True
+        if s.final:
+            definition["final"] = True
+        on: dict[str, list[dict[str, Any]]] = {}
+        for i, t in enumerate(s.transitions):
+            ref = TransitionRef(sid, i, t)
+            refs.append(ref)
+            spec: dict[str, Any] = {"target": t.to}
+            if t.when or t.unless:
+                spec["cond"] = _guard(ref)
+            on.setdefault(t.event, []).append(spec)
+        if on:
+            definition["on"] = on
+        states[sid] = definition
+    try:
+        chart = create_machine_class_from_definition(
+            _class_name(g.guideline.id),
+            states=states,
+            catch_errors_as_events=False,
+            allow_event_without_transition=True,
+        )
+    except InvalidDefinition as exc:
+        raise GuidelineError([Problem(f"the statechart is invalid: {exc}", "$.states")],
+                             g.file) from None
+    return CompiledGuideline(guideline=g, chart=chart, transitions=tuple(refs))

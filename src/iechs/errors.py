@@ -1,0 +1,59 @@
+"""The project's error types.
+
+Every failure a user can cause (a bad guideline, a bad timeline, a bad saved episode) is an
+`IechsError`. Each carries `Problem`s that name the file, the place (YAML line or JSON path) and
+what is wrong, so the CLI can print a clear message and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+__all__ = [
+    "EpisodeError",
+    "GuidelineError",
+    "IechsError",
+    "Problem",
+    "TimelineError",
+]
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with an input, at one place."""
+
+    message: str
+    path: str = "$"
+    line: int | None = None
+
+    def render(self, file: str | None) -> str:
+        where = file or "<input>"
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        return f"{where}: {self.path}: {self.message}"
+
+
+class IechsError(Exception):
+    """Base class of every error this project raises on bad input."""
+
+    def __init__(self, problems: Iterable[Problem], file: str | None = None) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        self.file = file
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(p.render(self.file) for p in self.problems)
+
+
+class GuidelineError(IechsError, ValueError):
+    """The guideline document cannot be loaded or fails a semantic check."""
+
+
+class TimelineError(IechsError, ValueError):
+    """A patient timeline (or a single event) is malformed or implausible."""
+
+
+class EpisodeError(IechsError, ValueError):
+    """An episode cannot be restored, or an event does not fit the episode (e.g. out of order)."""

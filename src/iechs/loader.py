@@ -1,0 +1,225 @@
+"""Load a guideline document: YAML -> `Guideline`, with errors that name file, line and path.
+
+Structuring is done by cattrs (its messages, `expected ... @ $.path`, are kept); semantic checks
+live in `iechs.checks`. Both report every problem found, not just the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cattrs
+import yaml
+from cattrs.gen import make_dict_structure_fn, override
+
+from . import model as m
+from .errors import GuidelineError, Problem
+
+__all__ = ["DEFAULT_GUIDELINE", "default_guideline_path", "load_guideline", "parse_guideline"]
+
+DEFAULT_GUIDELINE = "iec-hs.yaml"
+
+#: YAML keys that are Python keywords or builtins, renamed on the attrs classes.
+_RENAMES: dict[type, dict[str, str]] = {
+    m.Criterion: {"all_of": "all", "any_of": "any", "not_": "not"},
+    m.DrugDef: {"drug_class": "class"},
+    m.ResponseTest: {"among": "in"},
+    m.InfectionTest: {"status": "in"},
+    m.RiskTest: {"among": "in"},
+}
+_PATH_RENAMES = {
+    f".{attr}": f".{key}" for renames in _RENAMES.values() for attr, key in renames.items()
+}
+
+
+def default_guideline_path() -> Path:
+    """The bundled guideline: the checkout's `guideline/` when running from source (so edits
+    take effect at once), else the copy shipped inside the installed wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "guideline" / DEFAULT_GUIDELINE
+    if checkout.is_file() and (checkout.parents[1] / "pyproject.toml").is_file():
+        return checkout
+    return Path(str(resources.files("iechs") / "guideline" / DEFAULT_GUIDELINE))
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def number(value: Any, _: Any) -> float | str:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number or a $parameter, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str) and value.startswith("$"):
+            return value
+        raise ValueError(f"expected a number or a $parameter, got {value!r}")
+
+    def strict_str(value: Any, _: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected text, got {value!r}")
+        return value
+
+    def strict_bool(value: Any, _: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+
+    def strict_float(value: Any, _: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+
+    def strict_int(value: Any, _: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return value
+
+    conv.register_structure_hook(m.Number, number)
+    conv.register_structure_hook(m.Number | None, lambda v, t: None if v is None else number(v, t))
+    conv.register_structure_hook(str, strict_str)
+    conv.register_structure_hook(bool, strict_bool)
+    conv.register_structure_hook(float, strict_float)
+    conv.register_structure_hook(int, strict_int)
+    for cls, renames in _RENAMES.items():
+        conv.register_structure_hook(
+            cls,
+            make_dict_structure_fn(
+                cls,
+                conv,
+                _cattrs_forbid_extra_keys=True,
+                **{attr: override(rename=key) for attr, key in renames.items()},
+            ),
+        )
+    return conv
+
+
+_CONVERTER = _make_converter()
+_KEY_PATH = re.compile(r"\['([^'\]]*)'\]")
+
+
+def _norm_path(path: str) -> str:
+    path = _KEY_PATH.sub(lambda mt: f".{mt.group(1)}", path)
+    for attr, key in _PATH_RENAMES.items():
+        path = re.sub(re.escape(attr) + r"(?=[.\[]|$)", key, path)
+    return path
+
+
+class LineMap:
+    """Maps a JSON-style path (`$.states.suspected.transitions[0]`) to its YAML line."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, int] = {}
+        self.problems: list[Problem] = []
+
+    @classmethod
+    def of(cls, node: yaml.Node) -> LineMap:
+        lm = cls()
+        lm._walk(node, "$")
+        return lm
+
+    def _walk(self, node: yaml.Node, path: str) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                child = f"{path}.{key}"
+                if key_node.tag != "tag:yaml.org,2002:str":
+                    self.problems.append(Problem(
+                        f"the key {key!r} is not text (YAML reads on/off/yes/no/true/false and "
+                        "numbers as values): quote it", child, key_node.start_mark.line + 1))
+                if key in seen:
+                    self.problems.append(
+                        Problem(f"duplicate key {key!r}", child, key_node.start_mark.line + 1)
+                    )
+                seen.add(key)
+                self._walk(value_node, child)
+                self.lines[child] = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, f"{path}[{i}]")
+
+    def line(self, path: str) -> int | None:
+        """The line of `path`, or of its nearest ancestor that the document has."""
+        p = path
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            cut = max(p.rfind("."), p.rfind("["))
+            if cut <= 0:
+                break
+            p = p[:cut]
+        return self.lines.get("$")
+
+
+def _read_yaml(text: str, file: str) -> tuple[Any, LineMap]:
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise GuidelineError([Problem("the document is empty", "$", 1)], file)
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise GuidelineError([Problem(f"malformed YAML: {reason}", "$", line)], file) from None
+    lines = LineMap.of(node)
+    if lines.problems:
+        raise GuidelineError(lines.problems, file)
+    return data, lines
+
+
+def parse_guideline(text: str, file: str = "<guideline>", *, check: bool = True) -> m.Guideline:
+    """Parse and (by default) semantically check a guideline document given as text."""
+    from .checks import check_guideline
+
+    data, lines = _read_yaml(text, file)
+    if not isinstance(data, Mapping):
+        raise GuidelineError([Problem("expected a mapping at the top level", "$", 1)], file)
+    try:
+        guideline = _CONVERTER.structure(data, m.Guideline)
+    except Exception as exc:  # cattrs raises ExceptionGroups; transform_error reads them all
+        problems = []
+        for msg in cattrs.transform_error(exc, path="$"):
+            text_part, _, path = msg.rpartition(" @ ")
+            path = _norm_path(path)
+            problems.append(Problem(text_part or msg, path, lines.line(path)))
+        raise GuidelineError(problems, file) from None
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    guideline = _evolve(guideline, sha256=sha, file=file)
+    if check:
+        problems = check_guideline(guideline)
+        if problems:
+            raise GuidelineError(
+                [Problem(p.message, p.path, lines.line(p.path)) for p in problems], file
+            )
+    return guideline
+
+
+def _evolve(g: m.Guideline, **changes: str) -> m.Guideline:
+    import attrs
+
+    return attrs.evolve(g, **changes)
+
+
+def load_guideline(path: str | Path | None = None, *, check: bool = True) -> m.Guideline:
+    """Load a guideline file (default: the bundled IEC-HS guideline)."""
+    p = Path(path) if path is not None else default_guideline_path()
+    shown = str(path) if path is not None else f"guideline/{DEFAULT_GUIDELINE}"
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise GuidelineError([Problem(f"cannot read the file: {exc.strerror}")], shown) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GuidelineError([Problem(f"not UTF-8 text ({exc.reason})")], shown) from None
+    return parse_guideline(text, shown, check=check)

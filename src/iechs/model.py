@@ -1,0 +1,355 @@
+"""The guideline model: frozen attrs classes, the intermediate representation of the guideline.
+
+Everything downstream (compiler, engine, verifier, renderers) reads these values, never the YAML.
+Field names follow the YAML document (`guideline/iec-hs.yaml`); where a YAML key is a Python
+keyword or builtin (`class`, `all`, `any`, `not`, `in`) the loader renames it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+__all__ = [
+    "ALL_CRITERION_KINDS",
+    "Assessed",
+    "Citable",
+    "CountOf",
+    "Criterion",
+    "Dose",
+    "DrugClassDef",
+    "DrugDef",
+    "Duration",
+    "EventDef",
+    "FindingDef",
+    "FindingTest",
+    "GradeTest",
+    "Guideline",
+    "GuidelineMeta",
+    "InfectionTest",
+    "ObservationDef",
+    "Op",
+    "Parameter",
+    "Ratio",
+    "Recommendation",
+    "ResponseTest",
+    "RiskTest",
+    "Source",
+    "StateDef",
+    "Statement",
+    "Threshold",
+    "TransitionDef",
+    "Trend",
+]
+
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+#: A number, or `$name` naming a parameter of the guideline.
+Number = float | str
+
+
+@attrs.frozen(kw_only=True)
+class Citable:
+    """Anything clinical: it names its sources and whether it was checked against them."""
+
+    cite: tuple[str, ...] = ()
+    verified: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Source:
+    citation: str
+    kind: Literal["primary", "secondary", "local"] = "primary"
+    pmid: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GuidelineMeta:
+    id: str
+    title: str
+    version: str
+    status: Literal["draft", "active", "retired"]
+    effective: str
+    authors: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Parameter(Citable):
+    """A number no source fixes (or a local choice within a sourced range): overridable."""
+
+    value: float
+    description: str
+    unit: str | None = None
+    local: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class ObservationDef(Citable):
+    name: str
+    unit: str
+    #: accepted unit -> factor that converts a value in that unit to `unit`.
+    units: dict[str, float]
+    #: plausible range in the canonical unit; values outside are rejected as implausible.
+    plausible: tuple[float, float]
+    loinc: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class FindingDef:
+    name: str
+    graded: bool = False
+    #: a finding never recorded counts as absent (findings are documented when present), or
+    #: as unknown (it must be looked for, e.g. by a marrow examination).
+    unrecorded: Literal["absent", "unknown"] = "absent"
+
+
+@attrs.frozen(kw_only=True)
+class DrugClassDef(Citable):
+    name: str
+    immunosuppressive: bool
+    #: the machine event that a treatment of this class sends, if any.
+    event: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DrugDef:
+    drug_class: str
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class EventDef:
+    name: str
+    description: str
+
+
+# --- criteria ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Threshold:
+    observation: str
+    op: Op
+    value: Number
+    unit: str | None = None
+    #: how old the latest value may be, in hours; default: parameter `lab_validity_hours`.
+    within_hours: Number | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Ratio:
+    """observation OP factor x reference, where reference is `baseline` or a `$parameter`."""
+
+    observation: str
+    op: Op
+    factor: Number
+    reference: str
+    within_hours: Number | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Trend:
+    observation: str
+    direction: Literal["rising", "falling", "not_falling"]
+    window_hours: Number
+
+
+@attrs.frozen(kw_only=True)
+class FindingTest:
+    code: str
+    min_grade: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GradeTest:
+    """The latest CRS or ICANS grade compared with a value, or with its peak so far."""
+
+    of: Literal["crs", "icans"]
+    op: Op
+    value: int | None = None
+    peak: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class InfectionTest:
+    status: tuple[Literal["none", "suspected", "confirmed"], ...]
+
+
+@attrs.frozen(kw_only=True)
+class Assessed:
+    """Antimicrobials started (by an assessment flag or an antimicrobial treatment)."""
+
+    antimicrobials: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class ResponseTest:
+    """The latest clinician response assessment since the current line started."""
+
+    among: tuple[Literal["improving", "stable", "worsening", "resolved"], ...]
+
+
+@attrs.frozen(kw_only=True)
+class RiskTest:
+    at_least: Number
+    among: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Duration:
+    op: Op
+    hours: Number
+
+
+@attrs.frozen(kw_only=True)
+class CountOf:
+    at_least: int
+    of: tuple[str, ...]
+
+
+ALL_CRITERION_KINDS = (
+    "threshold",
+    "ratio",
+    "trend",
+    "finding",
+    "grade",
+    "infection",
+    "assessed",
+    "response",
+    "risk",
+    "time_on_line",
+    "time_since_infusion",
+    "all_of",
+    "any_of",
+    "not_",
+    "count_of",
+)
+
+
+@attrs.frozen(kw_only=True)
+class Criterion(Citable):
+    """A named predicate. Exactly one of the kind fields is set (checked by the loader)."""
+
+    description: str
+    local: bool = False
+    threshold: Threshold | None = None
+    ratio: Ratio | None = None
+    trend: Trend | None = None
+    finding: FindingTest | None = None
+    grade: GradeTest | None = None
+    infection: InfectionTest | None = None
+    assessed: Assessed | None = None
+    response: ResponseTest | None = None
+    risk: RiskTest | None = None
+    time_on_line: Duration | None = None
+    time_since_infusion: Duration | None = None
+    all_of: tuple[str, ...] | None = None
+    any_of: tuple[str, ...] | None = None
+    not_: str | None = None
+    count_of: CountOf | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in ALL_CRITERION_KINDS if getattr(self, k) is not None)
+
+    @property
+    def kind(self) -> str:
+        return self.kinds[0]
+
+    @property
+    def children(self) -> tuple[str, ...]:
+        """Names of the criteria this one combines (empty for a leaf)."""
+        if self.all_of is not None:
+            return self.all_of
+        if self.any_of is not None:
+            return self.any_of
+        if self.not_ is not None:
+            return (self.not_,)
+        if self.count_of is not None:
+            return self.count_of.of
+        return ()
+
+
+# --- states ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Statement(Citable):
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class Dose:
+    min: float
+    max: float
+    unit: str
+
+
+@attrs.frozen(kw_only=True)
+class Recommendation(Citable):
+    id: str
+    text: str
+    drug: str | None = None
+    dose: Dose | None = None
+    route: tuple[str, ...] = ()
+    frequency: str | None = None
+    population: Literal["adult", "paediatric", "all"] = "all"
+
+
+@attrs.frozen(kw_only=True)
+class TransitionDef(Citable):
+    event: str
+    to: str
+    label: str
+    when: tuple[str, ...] = ()
+    unless: tuple[str, ...] = ()
+    note: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StateDef:
+    name: str
+    phase: Literal["surveillance", "diagnosis", "treatment", "outcome"]
+    description: str
+    initial: bool = False
+    final: bool = False
+    #: treatment line number (1, 2, ...) for treatment states.
+    line: int | None = None
+    recommendations: tuple[Recommendation, ...] = ()
+    supportive_care: tuple[Statement, ...] = ()
+    monitoring: tuple[Statement, ...] = ()
+    cautions: tuple[Statement, ...] = ()
+    transitions: tuple[TransitionDef, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Guideline:
+    guideline: GuidelineMeta
+    sources: dict[str, Source]
+    parameters: dict[str, Parameter]
+    observations: dict[str, ObservationDef]
+    findings: dict[str, FindingDef]
+    drug_classes: dict[str, DrugClassDef]
+    drugs: dict[str, DrugDef]
+    events: dict[str, EventDef]
+    risk_factors: dict[str, Statement]
+    criteria: dict[str, Criterion]
+    states: dict[str, StateDef]
+    #: SHA-256 of the document's bytes (set by the loader; not part of the YAML).
+    sha256: str = ""
+    #: where the document was read from (for messages; not part of the YAML).
+    file: str = ""
+
+    @property
+    def initial_state(self) -> str:
+        return next(sid for sid, s in self.states.items() if s.initial)
+
+    def param(self, ref: Number) -> float:
+        """Resolve a number or a `$parameter` reference."""
+        if isinstance(ref, str):
+            return self.parameters[ref.removeprefix("$")].value
+        return float(ref)
+
+    def drug_class_of(self, drug: str) -> str | None:
+        d = self.drugs.get(drug.strip().lower())
+        return d.drug_class if d else None

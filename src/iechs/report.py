@@ -1,0 +1,118 @@
+"""Text rendering of a run for people: a table of steps, then the alerts (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .decision import Decision
+from .model import Guideline
+
+__all__ = ["describe_event", "print_run", "print_validation"]
+
+_SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def describe_event(ev: dict[str, Any]) -> str:
+    """One line for an event in its canonical JSON form."""
+    kind = ev.get("kind")
+    if kind == "observation":
+        return f"{ev.get('code')} {ev.get('value'):g} {ev.get('unit')}"
+    if kind == "assessment":
+        parts = []
+        for key, label in (("crs_grade", "CRS"), ("icans_grade", "ICANS")):
+            if key in ev:
+                parts.append(f"{label} {ev[key]}")
+        if "infection" in ev:
+            parts.append(f"infection {ev['infection']}")
+        if "antimicrobials" in ev:
+            parts.append("antimicrobials " + ("yes" if ev["antimicrobials"] else "no"))
+        return "assessment: " + ", ".join(parts)
+    if kind == "finding":
+        state = "present" if ev.get("present") else "absent"
+        grade = f", grade {ev['grade']}" if "grade" in ev else ""
+        return f"{ev.get('code')} {state}{grade}"
+    if kind == "treatment":
+        dose = f" {ev['dose']:g} {ev.get('unit', '')}".rstrip() if "dose" in ev else ""
+        route = f" {ev['route']}" if "route" in ev else ""
+        why = f" for {ev['indication']}" if "indication" in ev else ""
+        return f"{ev.get('drug')}{dose}{route}{why}"
+    if kind == "response":
+        return f"response: {ev.get('assessment')}"
+    if kind == "close":
+        return f"episode closed: {ev.get('reason')}"
+    if kind == "start":
+        return f"infusion (patient {ev.get('patient')})"
+    if kind == "advance":
+        return "time passes (what is due?)"
+    return str(kind)
+
+
+def _console() -> Console:
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # piped or captured: a stable, readable width
+        console = Console(highlight=False, soft_wrap=False, width=120)
+    return console
+
+
+def print_run(title: str, decisions: list[Decision], console: Console | None = None) -> None:
+    console = console or _console()
+    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("event")
+    table.add_column("state")
+    table.add_column("alerts")
+    for d in decisions:
+        if d.changed:
+            state = Text(f"{d.source} -> {d.target}", style="bold green")
+        else:
+            state = Text(d.target, style="dim")
+        alerts = Text()
+        for i, a in enumerate(d.alerts):
+            if i:
+                alerts.append("\n")
+            alerts.append(a.code, style=_SEVERITY_STYLE[a.severity])
+        table.add_row(str(d.step), d.at.strftime("%Y-%m-%d %H:%M"), describe_event(d.event),
+                      state, alerts)
+    console.print(table)
+    all_alerts = [a for d in decisions for a in d.alerts]
+    if all_alerts:
+        console.print("Alerts:")
+        for a in all_alerts:
+            line = Text("  ")
+            line.append(f"{a.severity:<8}", style=_SEVERITY_STYLE[a.severity])
+            line.append(f" {a.at.strftime('%Y-%m-%d %H:%M')}  {a.code}: {a.message}")
+            console.print(line)
+    final = decisions[-1]
+    console.print(f"Final state: [bold]{final.target}[/bold]")
+    if final.recommendations:
+        console.print("Recommendations in force:")
+        for r in final.recommendations:
+            flag = "" if r.verified else " [unverified]"
+            console.print(f"  - {r.text} [{', '.join(r.cite)}]{flag}", markup=False)
+    console.print()
+
+
+def print_validation(g: Guideline, console: Console | None = None) -> None:
+    console = console or _console()
+    transitions = sum(len(s.transitions) for s in g.states.values())
+    recs = sum(len(s.recommendations) for s in g.states.values())
+    meta = g.guideline
+    console.print(f"{g.file}: ok — {meta.id} {meta.version} ({meta.status}), "
+                  f"sha256 {g.sha256[:16]}…", markup=False)
+    console.print(f"  {len(g.states)} states, {transitions} transitions, {len(g.criteria)} "
+                  f"criteria, {recs} recommendations, {len(g.parameters)} parameters "
+                  f"({sum(p.local for p in g.parameters.values())} local)", markup=False)
+    unverified = count_unverified(g)
+    console.print(f"  {unverified} statement(s) not yet verified against their source "
+                  "(verified: false)", markup=False)
+
+
+def count_unverified(g: Guideline) -> int:
+    from .checks import citables
+
+    return sum(1 for _, item in citables(g) if not item.verified)
