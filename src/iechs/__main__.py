@@ -1,4 +1,5 @@
-from iechs.cli import main
 import sys
+
+from iechs.cli import main
 
 sys.exit(main())

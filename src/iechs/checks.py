@@ -5,11 +5,10 @@ Each check returns `Problem`s with a JSON-style path; the loader adds the YAML l
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from . import model as m
-from .errors import Problem
+from .errors import Problem, unknown_name
 
 __all__ = [
     "FIXED_STATES",
@@ -34,12 +33,6 @@ FIXED_STATES = (
 REQUIRED_DRUG_CLASSES = ("corticosteroid", "il6_blockade", "antimicrobial")
 #: Machine events the engine sends for non-treatment events.
 REQUIRED_EVENTS = ("reassess", "close")
-
-
-def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {name!r}{hint}"
 
 
 def check_guideline(g: m.Guideline) -> list[Problem]:
@@ -75,11 +68,14 @@ def _check_citations(g: m.Guideline) -> list[Problem]:
     problems = []
     for path, item in citables(g):
         if not item.cite:
-            problems.append(Problem("missing citation: every clinical statement cites a source",
-                                    f"{path}.cite"))
+            problems.append(
+                Problem("missing citation: every clinical statement cites a source", f"{path}.cite")
+            )
         for i, key in enumerate(item.cite):
             if key not in g.sources:
-                problems.append(Problem(unknown_name("source", key, g.sources), f"{path}.cite[{i}]"))
+                problems.append(
+                    Problem(unknown_name("source", key, g.sources), f"{path}.cite[{i}]")
+                )
     return problems
 
 
@@ -87,26 +83,39 @@ def _check_vocabulary(g: m.Guideline) -> list[Problem]:
     problems = []
     for oid, o in g.observations.items():
         if o.units.get(o.unit) != 1:
-            problems.append(Problem(f"the canonical unit {o.unit!r} must be listed with factor 1",
-                                    f"$.observations.{oid}.units"))
+            problems.append(
+                Problem(
+                    f"the canonical unit {o.unit!r} must be listed with factor 1",
+                    f"$.observations.{oid}.units",
+                )
+            )
         if any(f <= 0 for f in o.units.values()):
             problems.append(Problem("unit factors must be positive", f"$.observations.{oid}.units"))
         lo, hi = o.plausible
         if not lo < hi:
-            problems.append(Problem("plausible range must be [low, high] with low < high",
-                                    f"$.observations.{oid}.plausible"))
+            problems.append(
+                Problem(
+                    "plausible range must be [low, high] with low < high",
+                    f"$.observations.{oid}.plausible",
+                )
+            )
     for cls in REQUIRED_DRUG_CLASSES:
         if cls not in g.drug_classes:
-            problems.append(Problem(f"the drug class {cls!r} is required by the engine",
-                                    "$.drug_classes"))
+            problems.append(
+                Problem(f"the drug class {cls!r} is required by the engine", "$.drug_classes")
+            )
     for cid, c in g.drug_classes.items():
         if c.event is not None and c.event not in g.events:
-            problems.append(Problem(unknown_name("event", c.event, g.events),
-                                    f"$.drug_classes.{cid}.event"))
+            problems.append(
+                Problem(unknown_name("event", c.event, g.events), f"$.drug_classes.{cid}.event")
+            )
     for did, d in g.drugs.items():
         if d.drug_class not in g.drug_classes:
-            problems.append(Problem(unknown_name("drug class", d.drug_class, g.drug_classes),
-                                    f"$.drugs.{did}.class"))
+            problems.append(
+                Problem(
+                    unknown_name("drug class", d.drug_class, g.drug_classes), f"$.drugs.{did}.class"
+                )
+            )
         if did != did.lower():
             problems.append(Problem("drug ids are lower case", f"$.drugs.{did}"))
     for ev in REQUIRED_EVENTS:
@@ -130,11 +139,16 @@ def _check_criteria(g: m.Guideline) -> list[Problem]:
         path = f"$.criteria.{cid}"
         kinds = c.kinds
         if len(kinds) != 1:
-            names = [k.rstrip("_").replace("all_of", "all").replace("any_of", "any")
-                     for k in m.ALL_CRITERION_KINDS]
-            problems.append(Problem(
-                f"a criterion has exactly one kind ({', '.join(names)}); found "
-                f"{len(kinds)}", path))
+            names = [
+                k.rstrip("_").replace("all_of", "all").replace("any_of", "any")
+                for k in m.ALL_CRITERION_KINDS
+            ]
+            problems.append(
+                Problem(
+                    f"a criterion has exactly one kind ({', '.join(names)}); found {len(kinds)}",
+                    path,
+                )
+            )
             continue
         problems += _check_leaf(g, c, path)
         for i, child in enumerate(c.children):
@@ -143,8 +157,12 @@ def _check_criteria(g: m.Guideline) -> list[Problem]:
                 where = f"{path}.{sub[c.kind]}" + ("" if c.kind == "not_" else f"[{i}]")
                 problems.append(Problem(unknown_name("criterion", child, g.criteria), where))
         if c.count_of is not None and not 1 <= c.count_of.at_least <= len(c.count_of.of):
-            problems.append(Problem("at_least must be between 1 and the number of criteria",
-                                    f"{path}.count_of.at_least"))
+            problems.append(
+                Problem(
+                    "at_least must be between 1 and the number of criteria",
+                    f"{path}.count_of.at_least",
+                )
+            )
     problems += _check_cycles(g)
     return problems
 
@@ -160,34 +178,43 @@ def _check_leaf(g: m.Guideline, c: m.Criterion, path: str) -> list[Problem]:
         elif isinstance(spec, m.Threshold) and spec.unit is not None:
             o = g.observations[obs]
             if spec.unit not in o.units:
-                problems.append(Problem(
-                    f"unit {spec.unit!r} does not fit observation {obs!r} "
-                    f"(accepted: {', '.join(sorted(o.units))})", f"{path}.threshold.unit"))
+                problems.append(
+                    Problem(
+                        f"unit {spec.unit!r} does not fit observation {obs!r} "
+                        f"(accepted: {', '.join(sorted(o.units))})",
+                        f"{path}.threshold.unit",
+                    )
+                )
     for field in ("value", "factor", "within_hours", "window_hours", "hours", "at_least"):
         value = getattr(spec, field, None)
         if isinstance(value, float | str) and not isinstance(spec, m.GradeTest):
             problems += _check_number(g, value, f"{path}.{c.kind}.{field}")
     if isinstance(spec, m.Ratio) and spec.reference != "baseline":
         if not spec.reference.startswith("$"):
-            problems.append(Problem("reference is 'baseline' or a $parameter",
-                                    f"{path}.ratio.reference"))
+            problems.append(
+                Problem("reference is 'baseline' or a $parameter", f"{path}.ratio.reference")
+            )
         else:
             problems += _check_number(g, spec.reference, f"{path}.ratio.reference")
     if isinstance(spec, m.FindingTest):
         if spec.code not in g.findings:
-            problems.append(Problem(unknown_name("finding", spec.code, g.findings),
-                                    f"{path}.finding.code"))
+            problems.append(
+                Problem(unknown_name("finding", spec.code, g.findings), f"{path}.finding.code")
+            )
         elif spec.min_grade is not None and not g.findings[spec.code].graded:
-            problems.append(Problem(f"finding {spec.code!r} is not graded",
-                                    f"{path}.finding.min_grade"))
+            problems.append(
+                Problem(f"finding {spec.code!r} is not graded", f"{path}.finding.min_grade")
+            )
     if isinstance(spec, m.GradeTest) and (spec.value is None) == (not spec.peak):
-        problems.append(Problem("a grade test compares with either a value or the peak",
-                                f"{path}.grade"))
+        problems.append(
+            Problem("a grade test compares with either a value or the peak", f"{path}.grade")
+        )
     if isinstance(spec, m.RiskTest):
         for i, rf in enumerate(spec.among):
             if rf not in g.risk_factors:
-                problems.append(Problem(unknown_name("risk factor", rf, g.risk_factors),
-                                        f"{path}.risk.in[{i}]"))
+                problems.append(
+                    Problem(unknown_name("risk factor", rf, g.risk_factors), f"{path}.risk.in[{i}]")
+                )
     return problems
 
 
@@ -199,9 +226,10 @@ def _check_cycles(g: m.Guideline) -> list[Problem]:
         if state.get(cid) == 2 or cid not in g.criteria:
             return
         if state.get(cid) == 1:
-            loop = " -> ".join([*trail[trail.index(cid):], cid])
-            problems.append(Problem(f"criteria refer to each other in a cycle: {loop}",
-                                    f"$.criteria.{cid}"))
+            loop = " -> ".join([*trail[trail.index(cid) :], cid])
+            problems.append(
+                Problem(f"criteria refer to each other in a cycle: {loop}", f"$.criteria.{cid}")
+            )
             return
         state[cid] = 1
         for child in g.criteria[cid].children:
@@ -254,17 +282,25 @@ def _check_states(g: m.Guideline) -> list[Problem]:
             for field in ("when", "unless"):
                 for j, name in enumerate(getattr(t, field)):
                     if name not in g.criteria:
-                        problems.append(Problem(unknown_name("criterion", name, g.criteria),
-                                                f"{tp}.{field}[{j}]"))
+                        problems.append(
+                            Problem(
+                                unknown_name("criterion", name, g.criteria), f"{tp}.{field}[{j}]"
+                            )
+                        )
     if len(initials) == 1:
         reach = reachable_states(g, initials[0])
         for sid in g.states:
             if sid not in reach:
-                problems.append(Problem("unreachable state: no path leads here from "
-                                        f"{initials[0]!r}", f"$.states.{sid}"))
+                problems.append(
+                    Problem(
+                        f"unreachable state: no path leads here from {initials[0]!r}",
+                        f"$.states.{sid}",
+                    )
+                )
         finals = {sid for sid, s in g.states.items() if s.final}
         for sid in sorted(reach - finals):
             if not reachable_states(g, sid) & finals and g.states[sid].transitions:
-                problems.append(Problem("trap: no path from here reaches a final state",
-                                        f"$.states.{sid}"))
+                problems.append(
+                    Problem("trap: no path from here reaches a final state", f"$.states.{sid}")
+                )
     return problems

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iechs",
         description="IEC-HS management after CAR-T therapy: a cited guideline run as a "
-                    "verified state machine.",
+        "verified state machine.",
     )
     parser.add_argument("--version", action="version", version=f"iechs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -89,9 +89,10 @@ def _run_one(engine: Engine, path: Path) -> tuple[str, Any]:
 
     timeline = load_timeline(path, engine.guideline)
     episode = engine.run(timeline)
-    return timeline.patient.id, (episode.decisions,
-                                 run_to_json(engine.identity, timeline.patient.id,
-                                             episode.decisions))
+    return timeline.patient.id, (
+        episode.decisions,
+        run_to_json(engine.identity, timeline.patient.id, episode.decisions),
+    )
 
 
 def _dump(doc: Any) -> None:

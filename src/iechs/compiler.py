@@ -52,7 +52,7 @@ class GuardContext(Protocol):
 @attrs.frozen
 class CompiledGuideline:
     guideline: Guideline
-    chart: type[StateChart]
+    chart: type[StateChart[Any]]
     transitions: tuple[TransitionRef, ...]
 
 
@@ -99,6 +99,7 @@ def compile_guideline(g: Guideline) -> CompiledGuideline:
             allow_event_without_transition=True,
         )
     except InvalidDefinition as exc:
-        raise GuidelineError([Problem(f"the statechart is invalid: {exc}", "$.states")],
-                             g.file) from None
+        raise GuidelineError(
+            [Problem(f"the statechart is invalid: {exc}", "$.states")], g.file
+        ) from None
     return CompiledGuideline(guideline=g, chart=chart, transitions=tuple(refs))

@@ -147,8 +147,7 @@ class Facts:
         if not s:
             return []
         times, values = s
-        start = bisect_left(times, self.now.timestamp() - hours * 3600,
-                            key=lambda t: t.timestamp())
+        start = bisect_left(times, self.now.timestamp() - hours * 3600, key=lambda t: t.timestamp())
         return list(zip(times[start:], values[start:], strict=True))
 
     def hours_since(self, t: datetime) -> float:
@@ -227,8 +226,12 @@ class Evaluation:
             return self._missing(name, t.observation, f"no recent {t.observation} value")
         at, value = latest
         ok = _OPS[t.op](value, limit)
-        return Verdict(name, Tri.of(ok), f"{t.observation} {value:g} {t.op} {limit:g} {obs.unit}",
-                       (Reading(t.observation, value, obs.unit, at),))
+        return Verdict(
+            name,
+            Tri.of(ok),
+            f"{t.observation} {value:g} {t.op} {limit:g} {obs.unit}",
+            (Reading(t.observation, value, obs.unit, at),),
+        )
 
     def _ratio(self, name: str, r: m.Ratio) -> Verdict:
         latest = self.facts.latest(r.observation, self._validity(r.within_hours))
@@ -241,33 +244,46 @@ class Evaluation:
         if r.reference == "baseline":
             base = self.facts.baseline.get(r.observation)
             if base is None:
-                return self._missing(name, f"baseline {r.observation} (value at infusion)",
-                                     f"no baseline {r.observation}", tuple(reads))
+                return self._missing(
+                    name,
+                    f"baseline {r.observation} (value at infusion)",
+                    f"no baseline {r.observation}",
+                    tuple(reads),
+                )
             ref, ref_name = base[1], "baseline"
             reads.append(Reading(f"baseline {r.observation}", ref, unit, base[0]))
         else:
             ref, ref_name = self.g.param(r.reference), r.reference.removeprefix("$")
             reads.append(Reading(ref_name, ref, unit))
         ok = _OPS[r.op](value, factor * ref)
-        return Verdict(name, Tri.of(ok),
-                       f"{r.observation} {value:g} {r.op} {factor:g} x {ref_name} {ref:g} {unit}",
-                       tuple(reads))
+        return Verdict(
+            name,
+            Tri.of(ok),
+            f"{r.observation} {value:g} {r.op} {factor:g} x {ref_name} {ref:g} {unit}",
+            tuple(reads),
+        )
 
     def _trend(self, name: str, t: m.Trend) -> Verdict:
         hours = self.g.param(t.window_hours)
         points = self.facts.window(t.observation, hours)
         unit = self._unit(t.observation)
         if len(points) < 2:
-            return self._missing(name, f"{t.observation} (repeat within {hours:g} h for a trend)",
-                                 f"fewer than two {t.observation} values in {hours:g} h")
+            return self._missing(
+                name,
+                f"{t.observation} (repeat within {hours:g} h for a trend)",
+                f"fewer than two {t.observation} values in {hours:g} h",
+            )
         (t0, first), (t1, last) = points[0], points[-1]
-        ok = {"rising": last > first, "falling": last < first,
-              "not_falling": last >= first}[t.direction]
-        return Verdict(name, Tri.of(ok),
-                       f"{t.observation} {first:g} -> {last:g} {unit} over {hours:g} h "
-                       f"({t.direction.replace('_', ' ')}: {'yes' if ok else 'no'})",
-                       (Reading(t.observation, first, unit, t0),
-                        Reading(t.observation, last, unit, t1)))
+        ok = {"rising": last > first, "falling": last < first, "not_falling": last >= first}[
+            t.direction
+        ]
+        return Verdict(
+            name,
+            Tri.of(ok),
+            f"{t.observation} {first:g} -> {last:g} {unit} over {hours:g} h "
+            f"({t.direction.replace('_', ' ')}: {'yes' if ok else 'no'})",
+            (Reading(t.observation, first, unit, t0), Reading(t.observation, last, unit, t1)),
+        )
 
     def _finding(self, name: str, f: m.FindingTest) -> Verdict:
         rec = self.facts.findings.get(f.code)
@@ -276,18 +292,29 @@ class Evaluation:
                 return Verdict(name, Tri.FALSE, f"{f.code} not recorded (counts as absent)")
             return self._missing(name, f"finding {f.code}", f"{f.code} not assessed")
         at, present, grade = rec
-        read = (Reading(f.code, present if grade is None else f"present, grade {grade}"
-                        if present else False, None, at),)
+        read = (
+            Reading(
+                f.code,
+                present if grade is None else f"present, grade {grade}" if present else False,
+                None,
+                at,
+            ),
+        )
         if not present:
             return Verdict(name, Tri.FALSE, f"{f.code} absent", read)
         if f.min_grade is None:
             return Verdict(name, Tri.TRUE, f"{f.code} present", read)
         if grade is None:
-            return self._missing(name, f"grade of {f.code}", f"{f.code} present, grade unknown",
-                                 read)
+            return self._missing(
+                name, f"grade of {f.code}", f"{f.code} present, grade unknown", read
+            )
         ok = grade >= f.min_grade
-        return Verdict(name, Tri.of(ok), f"{f.code} grade {grade} >= {f.min_grade}: "
-                       f"{'yes' if ok else 'no'}", read)
+        return Verdict(
+            name,
+            Tri.of(ok),
+            f"{f.code} grade {grade} >= {f.min_grade}: {'yes' if ok else 'no'}",
+            read,
+        )
 
     def _grade(self, name: str, gt: m.GradeTest) -> Verdict:
         grades = self.facts.grades[gt.of]
@@ -300,8 +327,7 @@ class Evaluation:
             peak = max(g for _, g in grades)
             reads.append(Reading(f"peak {gt.of}_grade", peak))
             ok = _OPS[gt.op](latest, peak)
-            return Verdict(name, Tri.of(ok), f"{label} {latest} {gt.op} peak {peak}",
-                           tuple(reads))
+            return Verdict(name, Tri.of(ok), f"{label} {latest} {gt.op} peak {peak}", tuple(reads))
         assert gt.value is not None
         ok = _OPS[gt.op](latest, gt.value)
         return Verdict(name, Tri.of(ok), f"{label} {latest} {gt.op} {gt.value}", tuple(reads))
@@ -311,8 +337,9 @@ class Evaluation:
         if rec is None:
             return self._missing(name, "infection status (assessment)", "infection not assessed")
         ok = rec[1] in i.status
-        return Verdict(name, Tri.of(ok), f"infection {rec[1]}",
-                       (Reading("infection", rec[1], None, rec[0]),))
+        return Verdict(
+            name, Tri.of(ok), f"infection {rec[1]}", (Reading("infection", rec[1], None, rec[0]),)
+        )
 
     def _assessed(self, name: str, a: m.Assessed) -> Verdict:
         rec = self.facts.antimicrobials
@@ -325,38 +352,55 @@ class Evaluation:
         since = self.facts.line_started_at
         recent = [x for x in self.facts.responses if x[0] >= since]
         if not recent:
-            return self._missing(name, "response assessment on the current line",
-                                 "no response assessment since the line started")
+            return self._missing(
+                name,
+                "response assessment on the current line",
+                "no response assessment since the line started",
+            )
         at, kind = recent[-1]
-        return Verdict(name, Tri.of(kind in r.among), f"latest response {kind}",
-                       (Reading("response", kind, None, at),))
+        return Verdict(
+            name,
+            Tri.of(kind in r.among),
+            f"latest response {kind}",
+            (Reading("response", kind, None, at),),
+        )
 
     def _risk(self, name: str, r: m.RiskTest) -> Verdict:
         factors = [f for f in self.facts.risk_factors if not r.among or f in r.among]
         need = self.g.param(r.at_least)
         ok = len(factors) >= need
-        return Verdict(name, Tri.of(ok), f"{len(factors)} risk factor(s) (need {need:g}): "
-                       f"{', '.join(factors) or 'none'}",
-                       (Reading("risk_factors", factors),))
+        return Verdict(
+            name,
+            Tri.of(ok),
+            f"{len(factors)} risk factor(s) (need {need:g}): {', '.join(factors) or 'none'}",
+            (Reading("risk_factors", factors),),
+        )
 
     def _time_on_line(self, name: str, d: m.Duration) -> Verdict:
         hours = self.facts.hours_since(self.facts.line_started_at)
         limit = self.g.param(d.hours)
         ok = _OPS[d.op](hours, limit)
-        return Verdict(name, Tri.of(ok), f"{hours:g} h on the current line {d.op} {limit:g} h",
-                       (Reading("hours_on_line", round(hours, 3), "h",
-                                self.facts.line_started_at),))
+        return Verdict(
+            name,
+            Tri.of(ok),
+            f"{hours:g} h on the current line {d.op} {limit:g} h",
+            (Reading("hours_on_line", round(hours, 3), "h", self.facts.line_started_at),),
+        )
 
     def _time_since_infusion(self, name: str, d: m.Duration) -> Verdict:
         hours = self.facts.hours_since(self.facts.infusion_at)
         limit = self.g.param(d.hours)
         ok = _OPS[d.op](hours, limit)
-        return Verdict(name, Tri.of(ok), f"{hours:g} h since infusion {d.op} {limit:g} h",
-                       (Reading("hours_since_infusion", round(hours, 3), "h",
-                                self.facts.infusion_at),))
+        return Verdict(
+            name,
+            Tri.of(ok),
+            f"{hours:g} h since infusion {d.op} {limit:g} h",
+            (Reading("hours_since_infusion", round(hours, 3), "h", self.facts.infusion_at),),
+        )
 
-    def _missing(self, name: str, what: str, detail: str,
-                 reads: tuple[Reading, ...] = ()) -> Verdict:
+    def _missing(
+        self, name: str, what: str, detail: str, reads: tuple[Reading, ...] = ()
+    ) -> Verdict:
         return Verdict(name, Tri.UNKNOWN, detail, reads, (what,))
 
     # --- combinators -------------------------------------------------------------------------
@@ -383,8 +427,7 @@ class Evaluation:
             for v in verdicts:
                 if v.value is Tri.UNKNOWN:
                     missing.extend(x for x in v.missing if x not in missing)
-        summary = ", ".join(f"{n}={v.value.value}" for n, v in zip(children, verdicts,
-                                                                   strict=True))
+        summary = ", ".join(f"{n}={v.value.value}" for n, v in zip(children, verdicts, strict=True))
         return Verdict(name, value, f"{op}: {summary}", (), tuple(missing), children)
 
 

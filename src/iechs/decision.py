@@ -44,8 +44,12 @@ class Alert:
         return ALERT_SEVERITY[self.code]
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"code": self.code, "severity": self.severity,
-                               "at": format_time(self.at), "message": self.message}
+        out: dict[str, Any] = {
+            "code": self.code,
+            "severity": self.severity,
+            "at": format_time(self.at),
+            "message": self.message,
+        }
         if self.cite:
             out["cite"] = list(self.cite)
         if self.measure:
@@ -63,8 +67,12 @@ class Deviation:
     alert: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"drug": self.drug, "drug_class": self.drug_class, "reason": self.reason,
-                "alert": self.alert}
+        return {
+            "drug": self.drug,
+            "drug_class": self.drug_class,
+            "reason": self.reason,
+            "alert": self.alert,
+        }
 
 
 @attrs.frozen
@@ -78,14 +86,24 @@ class GuardResult:
     unless: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"transition": f"{self.source} -> {self.target}", "event": self.event,
-                "label": self.label, "result": self.result, "when": list(self.when),
-                "unless": list(self.unless)}
+        return {
+            "transition": f"{self.source} -> {self.target}",
+            "event": self.event,
+            "label": self.label,
+            "result": self.result,
+            "when": list(self.when),
+            "unless": list(self.unless),
+        }
 
 
 def recommendation_to_json(r: Recommendation) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": r.id, "text": r.text, "population": r.population,
-                           "cite": list(r.cite), "verified": r.verified}
+    out: dict[str, Any] = {
+        "id": r.id,
+        "text": r.text,
+        "population": r.population,
+        "cite": list(r.cite),
+        "verified": r.verified,
+    }
     if r.drug is not None:
         out["drug"] = r.drug
     if r.dose is not None:
@@ -126,8 +144,9 @@ class Decision:
             "from": self.source,
             "to": self.target,
             "machine_event": self.machine_event,
-            "transition": None if self.transition_label is None else {
-                "label": self.transition_label, "cite": list(self.transition_cite)},
+            "transition": None
+            if self.transition_label is None
+            else {"label": self.transition_label, "cite": list(self.transition_cite)},
             "guards": [gr.to_json() for gr in self.guards],
             "criteria": {v.name: v.to_json() for v in self.criteria},
             "recommendations": [recommendation_to_json(r) for r in self.recommendations],
@@ -139,8 +158,9 @@ class Decision:
         return out
 
 
-def run_to_json(guideline: dict[str, str], patient_id: str,
-                decisions: list[Decision]) -> dict[str, Any]:
+def run_to_json(
+    guideline: dict[str, str], patient_id: str, decisions: list[Decision]
+) -> dict[str, Any]:
     """The `iechs run --format json` document."""
     path: list[str] = []
     for d in decisions:

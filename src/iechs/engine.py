@@ -55,8 +55,12 @@ class Engine:
         #: treatment line of each drug class: the line of the state its event leads to.
         self.class_line: dict[str, int] = {}
         for cid, cls in g.drug_classes.items():
-            lines = [g.states[t.to].line for s in g.states.values() for t in s.transitions
-                     if t.event == cls.event and g.states[t.to].line is not None]
+            lines = [
+                g.states[t.to].line
+                for s in g.states.values()
+                for t in s.transitions
+                if t.event == cls.event and g.states[t.to].line is not None
+            ]
             if cls.event is not None and lines:
                 self.class_line[cid] = min(x for x in lines if x is not None)
         self.outgoing: dict[tuple[str, str], tuple[TransitionRef, ...]] = {}
@@ -96,9 +100,16 @@ class Engine:
             else:
                 episode.step(parse_event(item, self.guideline, path, file))
         if episode.state != snapshot["state"]:
-            raise EpisodeError([Problem(
-                f"replaying the inputs ends in {episode.state!r}, the snapshot says "
-                f"{snapshot['state']!r}", "$.state")], file)
+            raise EpisodeError(
+                [
+                    Problem(
+                        f"replaying the inputs ends in {episode.state!r}, the snapshot says "
+                        f"{snapshot['state']!r}",
+                        "$.state",
+                    )
+                ],
+                file,
+            )
         return episode
 
 
@@ -106,16 +117,28 @@ def _snapshot_problems(snap: Any, identity: dict[str, str]) -> list[Problem]:
     if not isinstance(snap, dict):
         return [Problem("expected a saved episode (a JSON object)")]
     if snap.get("format") != SNAPSHOT_FORMAT:
-        return [Problem(f"not a saved episode (format {snap.get('format')!r}, expected "
-                        f"{SNAPSHOT_FORMAT!r})", "$.format")]
-    problems = [Problem(f"missing {key!r}", f"$.{key}") for key in
-                ("episode_id", "guideline", "patient", "inputs", "state") if key not in snap]
+        return [
+            Problem(
+                f"not a saved episode (format {snap.get('format')!r}, expected "
+                f"{SNAPSHOT_FORMAT!r})",
+                "$.format",
+            )
+        ]
+    problems = [
+        Problem(f"missing {key!r}", f"$.{key}")
+        for key in ("episode_id", "guideline", "patient", "inputs", "state")
+        if key not in snap
+    ]
     if problems:
         return problems
     if snap["guideline"] != identity:
-        return [Problem(f"saved with guideline {snap['guideline']}, this engine runs "
-                        f"{identity}: restore it with the guideline it was saved with",
-                        "$.guideline")]
+        return [
+            Problem(
+                f"saved with guideline {snap['guideline']}, this engine runs "
+                f"{identity}: restore it with the guideline it was saved with",
+                "$.guideline",
+            )
+        ]
     if not isinstance(snap["inputs"], list):
         return [Problem("expected a list", "$.inputs")]
     return []
@@ -131,8 +154,9 @@ class _StepContext:
     def check(self, ref: TransitionRef) -> bool:
         t = ref.definition
         tri = self.evaluation.guard(t.when, t.unless)
-        self.results.append(GuardResult(ref.source, t.to, t.event, t.label, tri.value,
-                                        t.when, t.unless))
+        self.results.append(
+            GuardResult(ref.source, t.to, t.event, t.label, tri.value, t.when, t.unless)
+        )
         return tri is Tri.TRUE
 
 
@@ -181,9 +205,16 @@ class Episode:
             if isinstance(event, ObservationEvent):
                 assert event.code is not None
                 self.facts.add_observation(event.code, at, event.value)
-            return self._record(Decision(step=len(self.decisions), at=at, event=ev_json,
-                                         source=state, target=state,
-                                         recommendations=self._recs(state)))
+            return self._record(
+                Decision(
+                    step=len(self.decisions),
+                    at=at,
+                    event=ev_json,
+                    source=state,
+                    target=state,
+                    recommendations=self._recs(state),
+                )
+            )
         self.facts.now = at
         alerts = self._overdue(at)
         self._ingest(event)
@@ -198,21 +229,31 @@ class Episode:
             self._enter(target, at)
         deviations: list[Deviation] = []
         if isinstance(event, TreatmentEvent):
-            deviations, treat_alerts = self._treatment_checks(event, indication, fired,
-                                                              ctx.results, evaluation)
+            deviations, treat_alerts = self._treatment_checks(
+                event, indication, fired, ctx.results, evaluation
+            )
             alerts += treat_alerts
         alerts += self._missing_data(at, ctx.results, evaluation)
         if fired is None:
             alerts += self._escalation_due(at, evaluation)
-        return self._record(Decision(
-            step=len(self.decisions), at=at, event=ev_json, source=state, target=target,
-            machine_event=machine_event,
-            transition_label=fired.definition.label if fired else None,
-            transition_cite=fired.definition.cite if fired else (),
-            inferred=inferred, guards=tuple(ctx.results),
-            criteria=tuple(evaluation.verdicts.values()),
-            recommendations=self._recs(target), alerts=tuple(alerts),
-            deviations=tuple(deviations)))
+        return self._record(
+            Decision(
+                step=len(self.decisions),
+                at=at,
+                event=ev_json,
+                source=state,
+                target=target,
+                machine_event=machine_event,
+                transition_label=fired.definition.label if fired else None,
+                transition_cite=fired.definition.cite if fired else (),
+                inferred=inferred,
+                guards=tuple(ctx.results),
+                criteria=tuple(evaluation.verdicts.values()),
+                recommendations=self._recs(target),
+                alerts=tuple(alerts),
+                deviations=tuple(deviations),
+            )
+        )
 
     def advance(self, to: datetime) -> Decision:
         """What is due at time `to` (no new clinical data): time-based alerts only."""
@@ -228,16 +269,29 @@ class Episode:
             criteria = tuple(evaluation.verdicts.values())
         else:
             criteria = ()
-        return self._record(Decision(
-            step=len(self.decisions), at=to, event={"kind": "advance", "at": format_time(to)},
-            source=state, target=state, criteria=criteria, recommendations=self._recs(state),
-            alerts=tuple(alerts)))
+        return self._record(
+            Decision(
+                step=len(self.decisions),
+                at=to,
+                event={"kind": "advance", "at": format_time(to)},
+                source=state,
+                target=state,
+                criteria=criteria,
+                recommendations=self._recs(state),
+                alerts=tuple(alerts),
+            )
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready saved episode; `Engine.restore` continues it exactly."""
-        return {"format": SNAPSHOT_FORMAT, "episode_id": self.episode_id,
-                "guideline": self.engine.identity, "patient": patient_to_json(self.patient),
-                "inputs": list(self.inputs), "state": self.state}
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "episode_id": self.episode_id,
+            "guideline": self.engine.identity,
+            "patient": patient_to_json(self.patient),
+            "inputs": list(self.inputs),
+            "state": self.state,
+        }
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -248,16 +302,28 @@ class Episode:
         if "high_risk" in self.g.criteria:
             verdict = evaluation("high_risk")
             if verdict.value is Tri.TRUE:
-                names = [self.g.risk_factors[f].text.rstrip(".") for f in
-                         self.facts.risk_factors]
-                alerts.append(Alert("high_risk_patient", at,
-                                    "High risk of IEC-HS: " + "; ".join(names) + ".",
-                                    self.g.criteria["high_risk"].cite))
+                names = [self.g.risk_factors[f].text.rstrip(".") for f in self.facts.risk_factors]
+                alerts.append(
+                    Alert(
+                        "high_risk_patient",
+                        at,
+                        "High risk of IEC-HS: " + "; ".join(names) + ".",
+                        self.g.criteria["high_risk"].cite,
+                    )
+                )
         state = self.state
-        self._record(Decision(step=0, at=at, event={"kind": "start", "patient": self.patient.id},
-                              source=None, target=state,
-                              criteria=tuple(evaluation.verdicts.values()),
-                              recommendations=self._recs(state), alerts=tuple(alerts)))
+        self._record(
+            Decision(
+                step=0,
+                at=at,
+                event={"kind": "start", "patient": self.patient.id},
+                source=None,
+                target=state,
+                criteria=tuple(evaluation.verdicts.values()),
+                recommendations=self._recs(state),
+                alerts=tuple(alerts),
+            )
+        )
 
     def _record(self, decision: Decision) -> Decision:
         self.decisions.append(decision)
@@ -265,12 +331,18 @@ class Episode:
 
     def _check_time(self, at: datetime, what: str) -> None:
         if self.closed:
-            raise EpisodeError([Problem(f"the episode is closed; cannot record {what} at "
-                                        f"{format_time(at)}")])
+            raise EpisodeError(
+                [Problem(f"the episode is closed; cannot record {what} at {format_time(at)}")]
+            )
         if self._last_at is not None and at < self._last_at:
-            raise EpisodeError([Problem(
-                f"{what} at {format_time(at)} is earlier than the previous event at "
-                f"{format_time(self._last_at)}: events arrive in time order")])
+            raise EpisodeError(
+                [
+                    Problem(
+                        f"{what} at {format_time(at)} is earlier than the previous event at "
+                        f"{format_time(self._last_at)}: events arrive in time order"
+                    )
+                ]
+            )
         self._last_at = at
 
     def _ingest(self, event: Event) -> None:
@@ -305,15 +377,16 @@ class Episode:
         if self._last_reassessment is not None:
             self._last_reassessment = at
 
-    def _machine_event(self, event: Event, evaluation: Evaluation
-                       ) -> tuple[str | None, dict[str, str] | None, str | None]:
+    def _machine_event(
+        self, event: Event, evaluation: Evaluation
+    ) -> tuple[str | None, dict[str, str] | None, str | None]:
         if isinstance(event, CloseEvent):
             return "close", None, None
         if not isinstance(event, TreatmentEvent):
             return "reassess", None, None
         cls = self.g.drug_class_of(event.drug)
         inferred = None
-        indication = event.indication
+        indication: str | None = event.indication
         if indication is None:
             indication, reason = self._infer_indication(cls, evaluation)
             inferred = {"indication": indication, "reason": reason}
@@ -330,24 +403,30 @@ class Episode:
         state = self.g.states[self.state]
         if not state.initial and not state.final:
             return "iec_hs", f"IEC-HS episode in progress ({self.state})"
-        if "iec_hs_identified" in self.g.criteria and \
-                evaluation("iec_hs_identified").value is Tri.TRUE:
+        if (
+            "iec_hs_identified" in self.g.criteria
+            and evaluation("iec_hs_identified").value is Tri.TRUE
+        ):
             return "iec_hs", "IEC-HS criteria met"
         if self.facts.crs_active():
             return "crs", "CRS active and IEC-HS not suspected: treats CRS (outside this guideline)"
         if self.facts.icans_active():
-            return "icans", ("ICANS active and IEC-HS not suspected: treats ICANS (outside this "
-                             "guideline)")
+            return "icans", (
+                "ICANS active and IEC-HS not suspected: treats ICANS (outside this guideline)"
+            )
         return "other", "no IEC-HS, CRS or ICANS at this time"
 
-    def _fired(self, source: str, target: str, machine_event: str | None,
-               results: list[GuardResult]) -> TransitionRef | None:
+    def _fired(
+        self, source: str, target: str, machine_event: str | None, results: list[GuardResult]
+    ) -> TransitionRef | None:
         if machine_event is None or source == target:
             return None
         for ref in self.engine.outgoing.get((source, machine_event), ()):
             d = ref.definition
-            if d.to == target and (not (d.when or d.unless) or any(
-                    r.target == target and r.result == "TRUE" for r in results)):
+            if d.to == target and (
+                not (d.when or d.unless)
+                or any(r.target == target and r.result == "TRUE" for r in results)
+            ):
                 return ref
         return None  # pragma: no cover - the chart only moves along a declared transition
 
@@ -378,88 +457,160 @@ class Episode:
         if at <= deadline or self._overdue_flagged == deadline:
             return []
         self._overdue_flagged = deadline
-        return [Alert("reassessment_overdue", at,
-                      f"Reassessment overdue: last at {format_time(last)}, due by "
-                      f"{format_time(deadline)} (every {interval.value:g} h).", interval.cite)]
+        return [
+            Alert(
+                "reassessment_overdue",
+                at,
+                f"Reassessment overdue: last at {format_time(last)}, due by "
+                f"{format_time(deadline)} (every {interval.value:g} h).",
+                interval.cite,
+            )
+        ]
 
     def _escalation_due(self, at: datetime, evaluation: Evaluation) -> list[Alert]:
         state = self.state
-        if self.g.states[state].phase != "treatment" or \
-                self._escalation_flagged == self.facts.line_started_at:
+        if (
+            self.g.states[state].phase != "treatment"
+            or self._escalation_flagged == self.facts.line_started_at
+        ):
             return []
         escalation_events = {c.event for c in self.g.drug_classes.values() if c.event}
         for t in self.g.states[state].transitions:
-            if t.event in escalation_events and (t.when or t.unless) and \
-                    evaluation.guard(t.when, t.unless) is Tri.TRUE:
+            if (
+                t.event in escalation_events
+                and (t.when or t.unless)
+                and evaluation.guard(t.when, t.unless) is Tri.TRUE
+            ):
                 self._escalation_flagged = self.facts.line_started_at
-                return [Alert("escalation_due", at,
-                              f"Escalation due: {t.label} -> {self.g.states[t.to].name}.",
-                              t.cite)]
+                return [
+                    Alert(
+                        "escalation_due",
+                        at,
+                        f"Escalation due: {t.label} -> {self.g.states[t.to].name}.",
+                        t.cite,
+                    )
+                ]
         return []
 
-    def _missing_data(self, at: datetime, results: list[GuardResult],
-                      evaluation: Evaluation) -> list[Alert]:
+    def _missing_data(
+        self, at: datetime, results: list[GuardResult], evaluation: Evaluation
+    ) -> list[Alert]:
         unknown = [r for r in results if r.result == Tri.UNKNOWN.value]
         if not unknown:
             return []
-        names = tuple(n for r in unknown for n in (*r.when, *r.unless)
-                      if evaluation(n).value is Tri.UNKNOWN)
+        names = tuple(
+            n for r in unknown for n in (*r.when, *r.unless) if evaluation(n).value is Tri.UNKNOWN
+        )
         measure = evaluation.missing_for(names)
         if not set(measure) - self._missing_raised:
             return []  # already asked for in this state
         self._missing_raised |= set(measure)
         labels = "; ".join(r.label for r in unknown)
-        return [Alert("missing_data", at,
-                      f"Cannot decide ({labels}): measure or assess {', '.join(measure)}.",
-                      measure=measure)]
+        return [
+            Alert(
+                "missing_data",
+                at,
+                f"Cannot decide ({labels}): measure or assess {', '.join(measure)}.",
+                measure=measure,
+            )
+        ]
 
-    def _treatment_checks(self, event: TreatmentEvent, indication: str | None,
-                          fired: TransitionRef | None, results: list[GuardResult],
-                          evaluation: Evaluation) -> tuple[list[Deviation], list[Alert]]:
+    def _treatment_checks(
+        self,
+        event: TreatmentEvent,
+        indication: str | None,
+        fired: TransitionRef | None,
+        results: list[GuardResult],
+        evaluation: Evaluation,
+    ) -> tuple[list[Deviation], list[Alert]]:
         g, f, at = self.g, self.facts, event.at
         cls = g.drug_class_of(event.drug)
         alerts: list[Alert] = []
         deviations: list[Deviation] = []
         if event.drug == TOCILIZUMAB and f.icans_active():
-            alerts.append(Alert("tocilizumab_with_icans", at,
-                                "Tocilizumab while ICANS is present: it may worsen neurologic "
-                                "symptoms; use with caution.", ("seed-summary",)))
+            alerts.append(
+                Alert(
+                    "tocilizumab_with_icans",
+                    at,
+                    "Tocilizumab while ICANS is present: it may worsen neurologic "
+                    "symptoms; use with caution.",
+                    ("seed-summary",),
+                )
+            )
         if indication != "iec_hs":
             return deviations, alerts
         if cls is None:
-            alerts.append(Alert("off_guideline_therapy", at,
-                                f"{event.drug} is not in the guideline's IEC-HS formulary."))
-            deviations.append(Deviation(event.drug, None, "not in the formulary",
-                                        "off_guideline_therapy"))
+            alerts.append(
+                Alert(
+                    "off_guideline_therapy",
+                    at,
+                    f"{event.drug} is not in the guideline's IEC-HS formulary.",
+                )
+            )
+            deviations.append(
+                Deviation(event.drug, None, "not in the formulary", "off_guideline_therapy")
+            )
             return deviations, alerts
         dc = g.drug_classes[cls]
         if dc.immunosuppressive and f.infection_untreated():
-            alerts.append(Alert(
-                "immunosuppression_before_antimicrobials", at,
-                f"{event.drug} (immunosuppression) while infection is "
-                f"{f.infection[1] if f.infection else 'suspected'} and antimicrobials have not "
-                "started: start antimicrobials first.", ("seed-summary",)))
+            alerts.append(
+                Alert(
+                    "immunosuppression_before_antimicrobials",
+                    at,
+                    f"{event.drug} (immunosuppression) while infection is "
+                    f"{f.infection[1] if f.infection else 'suspected'} and antimicrobials have not "
+                    "started: start antimicrobials first.",
+                    ("seed-summary",),
+                )
+            )
             if fired is None:
-                deviations.append(Deviation(event.drug, cls, "infection not yet treated",
-                                            "immunosuppression_before_antimicrobials"))
+                deviations.append(
+                    Deviation(
+                        event.drug,
+                        cls,
+                        "infection not yet treated",
+                        "immunosuppression_before_antimicrobials",
+                    )
+                )
                 return deviations, alerts
         if cls == "il6_blockade":
             window = g.parameters.get("concurrent_steroid_window_hours")
             hours = window.value if window else 24.0
             last = f.last_corticosteroid_at
             if last is None or (at - last) > timedelta(hours=hours):
-                alerts.append(Alert("il6_monotherapy", at,
-                                    f"{event.drug} without a corticosteroid in the last "
-                                    f"{hours:g} h: IL-6 blockade is not recommended as "
-                                    "monotherapy for IEC-HS.", ("seed-news-2026",)))
-                deviations.append(Deviation(event.drug, cls, "IL-6 blockade without "
-                                            "corticosteroid", "il6_monotherapy"))
+                alerts.append(
+                    Alert(
+                        "il6_monotherapy",
+                        at,
+                        f"{event.drug} without a corticosteroid in the last "
+                        f"{hours:g} h: IL-6 blockade is not recommended as "
+                        "monotherapy for IEC-HS.",
+                        ("seed-news-2026",),
+                    )
+                )
+                deviations.append(
+                    Deviation(
+                        event.drug, cls, "IL-6 blockade without corticosteroid", "il6_monotherapy"
+                    )
+                )
             else:
-                alerts.append(Alert("off_guideline_therapy", at,
-                                    f"{event.drug}: IL-6 blockade is not part of this "
-                                    "guideline's IEC-HS treatment.", ("seed-news-2026",)))
-                deviations.append(Deviation(event.drug, cls, "IL-6 blockade is not a line of "
-                                            "this guideline", "off_guideline_therapy"))
+                alerts.append(
+                    Alert(
+                        "off_guideline_therapy",
+                        at,
+                        f"{event.drug}: IL-6 blockade is not part of this "
+                        "guideline's IEC-HS treatment.",
+                        ("seed-news-2026",),
+                    )
+                )
+                deviations.append(
+                    Deviation(
+                        event.drug,
+                        cls,
+                        "IL-6 blockade is not a line of this guideline",
+                        "off_guideline_therapy",
+                    )
+                )
             return deviations, alerts
         line = self.engine.class_line.get(cls)
         if fired is not None or line is None or line <= self._current_line():
@@ -469,14 +620,20 @@ class Episode:
             reason = f"skips a line: line {line} while on line {current}"
         else:
             failed = [r for r in results if r.result != Tri.TRUE.value]
-            reason = "; ".join(f"{r.label}: guard {r.result}" for r in failed) or \
-                "not sanctioned from this state"
-        alerts.append(Alert("off_guideline_therapy", at,
-                            f"{event.drug} ({dc.name}) not sanctioned now ({reason}): recorded "
-                            "as a deviation, the state does not change."))
+            reason = (
+                "; ".join(f"{r.label}: guard {r.result}" for r in failed)
+                or "not sanctioned from this state"
+            )
+        alerts.append(
+            Alert(
+                "off_guideline_therapy",
+                at,
+                f"{event.drug} ({dc.name}) not sanctioned now ({reason}): recorded "
+                "as a deviation, the state does not change.",
+            )
+        )
         deviations.append(Deviation(event.drug, cls, reason, "off_guideline_therapy"))
         return deviations, alerts
 
     def _recs(self, state: str) -> tuple[Any, ...]:
         return self.g.states[state].recommendations
-

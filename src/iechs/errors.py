@@ -7,6 +7,7 @@ what is wrong, so the CLI can print a clear message and exit 2 without a traceba
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 import attrs
@@ -17,7 +18,15 @@ __all__ = [
     "IechsError",
     "Problem",
     "TimelineError",
+    "unknown_name",
 ]
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
+    """`unknown criterion 'ferittin_high' (did you mean 'ferritin_high'?)`."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}"
 
 
 @attrs.frozen

@@ -13,11 +13,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import attrs
 import cattrs
 import yaml
 from cattrs.gen import make_dict_structure_fn, override
 
 from . import model as m
+from .checks import check_guideline
 from .errors import GuidelineError, Problem
 
 __all__ = ["DEFAULT_GUIDELINE", "default_guideline_path", "load_guideline", "parse_guideline"]
@@ -91,7 +93,7 @@ def _make_converter() -> cattrs.Converter:
                 cls,
                 conv,
                 _cattrs_forbid_extra_keys=True,
-                **{attr: override(rename=key) for attr, key in renames.items()},
+                **{attr: override(rename=key) for attr, key in renames.items()},  # type: ignore[arg-type]
             ),
         )
     return conv
@@ -129,9 +131,14 @@ class LineMap:
                 key = str(key_node.value)
                 child = f"{path}.{key}"
                 if key_node.tag != "tag:yaml.org,2002:str":
-                    self.problems.append(Problem(
-                        f"the key {key!r} is not text (YAML reads on/off/yes/no/true/false and "
-                        "numbers as values): quote it", child, key_node.start_mark.line + 1))
+                    self.problems.append(
+                        Problem(
+                            f"the key {key!r} is not text (YAML reads on/off/yes/no/true/false and "
+                            "numbers as values): quote it",
+                            child,
+                            key_node.start_mark.line + 1,
+                        )
+                    )
                 if key in seen:
                     self.problems.append(
                         Problem(f"duplicate key {key!r}", child, key_node.start_mark.line + 1)
@@ -179,8 +186,6 @@ def _read_yaml(text: str, file: str) -> tuple[Any, LineMap]:
 
 def parse_guideline(text: str, file: str = "<guideline>", *, check: bool = True) -> m.Guideline:
     """Parse and (by default) semantically check a guideline document given as text."""
-    from .checks import check_guideline
-
     data, lines = _read_yaml(text, file)
     if not isinstance(data, Mapping):
         raise GuidelineError([Problem("expected a mapping at the top level", "$", 1)], file)
@@ -194,7 +199,7 @@ def parse_guideline(text: str, file: str = "<guideline>", *, check: bool = True)
             problems.append(Problem(text_part or msg, path, lines.line(path)))
         raise GuidelineError(problems, file) from None
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    guideline = _evolve(guideline, sha256=sha, file=file)
+    guideline = attrs.evolve(guideline, sha256=sha, file=file)
     if check:
         problems = check_guideline(guideline)
         if problems:
@@ -202,12 +207,6 @@ def parse_guideline(text: str, file: str = "<guideline>", *, check: bool = True)
                 [Problem(p.message, p.path, lines.line(p.path)) for p in problems], file
             )
     return guideline
-
-
-def _evolve(g: m.Guideline, **changes: str) -> m.Guideline:
-    import attrs
-
-    return attrs.evolve(g, **changes)
 
 
 def load_guideline(path: str | Path | None = None, *, check: bool = True) -> m.Guideline:

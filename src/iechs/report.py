@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .checks import citables
 from .decision import Decision
 from .model import Guideline
 
@@ -76,8 +77,9 @@ def print_run(title: str, decisions: list[Decision], console: Console | None = N
             if i:
                 alerts.append("\n")
             alerts.append(a.code, style=_SEVERITY_STYLE[a.severity])
-        table.add_row(str(d.step), d.at.strftime("%Y-%m-%d %H:%M"), describe_event(d.event),
-                      state, alerts)
+        table.add_row(
+            str(d.step), d.at.strftime("%Y-%m-%d %H:%M"), describe_event(d.event), state, alerts
+        )
     console.print(table)
     all_alerts = [a for d in decisions for a in d.alerts]
     if all_alerts:
@@ -102,17 +104,22 @@ def print_validation(g: Guideline, console: Console | None = None) -> None:
     transitions = sum(len(s.transitions) for s in g.states.values())
     recs = sum(len(s.recommendations) for s in g.states.values())
     meta = g.guideline
-    console.print(f"{g.file}: ok — {meta.id} {meta.version} ({meta.status}), "
-                  f"sha256 {g.sha256[:16]}…", markup=False)
-    console.print(f"  {len(g.states)} states, {transitions} transitions, {len(g.criteria)} "
-                  f"criteria, {recs} recommendations, {len(g.parameters)} parameters "
-                  f"({sum(p.local for p in g.parameters.values())} local)", markup=False)
+    console.print(
+        f"{g.file}: ok — {meta.id} {meta.version} ({meta.status}), sha256 {g.sha256[:16]}…",
+        markup=False,
+    )
+    console.print(
+        f"  {len(g.states)} states, {transitions} transitions, {len(g.criteria)} "
+        f"criteria, {recs} recommendations, {len(g.parameters)} parameters "
+        f"({sum(p.local for p in g.parameters.values())} local)",
+        markup=False,
+    )
     unverified = count_unverified(g)
-    console.print(f"  {unverified} statement(s) not yet verified against their source "
-                  "(verified: false)", markup=False)
+    console.print(
+        f"  {unverified} statement(s) not yet verified against their source (verified: false)",
+        markup=False,
+    )
 
 
 def count_unverified(g: Guideline) -> int:
-    from .checks import citables
-
     return sum(1 for _, item in citables(g) if not item.verified)

@@ -17,7 +17,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
-from .errors import Problem, TimelineError
+from .errors import Problem, TimelineError, unknown_name
 from .model import Guideline
 
 __all__ = [
@@ -179,7 +179,8 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, strict(float, "a number"))
     conv.register_structure_hook(int, strict(int, "a whole number"))
     conv.register_structure_hook(datetime, lambda v, _: parse_time(v))
-    for cls in (Patient, *_EVENT_TYPES.values()):
+    types: list[type[Any]] = [Patient, *_EVENT_TYPES.values()]
+    for cls in types:
         conv.register_structure_hook(
             cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
         )
@@ -232,27 +233,29 @@ def _canonical_observation(
     if code is None:
         problems.append(Problem("an observation needs a code (or a loinc)", path))
         return ev
-    measured = _canonical_value(code, ev.value, ev.unit, g, path, problems)
+    measured = _canonical_value(code, ev.value, ev.unit, g=g, path=path, problems=problems)
     if measured is None:
         return ev
     return attrs.evolve(ev, code=code, value=measured.value, unit=measured.unit)
 
 
 def _canonical_value(
-    code: str, value: float, unit: str, g: Guideline, path: str, problems: list[Problem]
+    code: str, value: float, unit: str, *, g: Guideline, path: str, problems: list[Problem]
 ) -> Measurement | None:
     obs = g.observations.get(code)
     if obs is None:
-        from .checks import unknown_name
-
-        problems.append(Problem(unknown_name("observation code", code, g.observations),
-                                f"{path}.code"))
+        problems.append(
+            Problem(unknown_name("observation code", code, g.observations), f"{path}.code")
+        )
         return None
     factor = obs.units.get(unit)
     if factor is None:
-        problems.append(Problem(
-            f"unknown unit {unit!r} for {code} (accepted: {', '.join(sorted(obs.units))})",
-            f"{path}.unit"))
+        problems.append(
+            Problem(
+                f"unknown unit {unit!r} for {code} (accepted: {', '.join(sorted(obs.units))})",
+                f"{path}.unit",
+            )
+        )
         return None
     if value < 0:
         problems.append(Problem(f"negative value {value:g} for {code}", f"{path}.value"))
@@ -260,9 +263,12 @@ def _canonical_value(
     canonical = value * factor
     lo, hi = obs.plausible
     if not lo <= canonical <= hi:
-        problems.append(Problem(
-            f"implausible {code} {value:g} {unit} (plausible: {lo:g}-{hi:g} {obs.unit})",
-            f"{path}.value"))
+        problems.append(
+            Problem(
+                f"implausible {code} {value:g} {unit} (plausible: {lo:g}-{hi:g} {obs.unit})",
+                f"{path}.value",
+            )
+        )
         return None
     return Measurement(value=round(canonical, 6), unit=obs.unit)
 
@@ -273,19 +279,20 @@ def check_event(ev: Event, g: Guideline, path: str, problems: list[Problem]) -> 
         return _canonical_observation(ev, g, path, problems)
     if isinstance(ev, FindingEvent):
         if ev.code not in g.findings:
-            from .checks import unknown_name
-
             problems.append(Problem(unknown_name("finding", ev.code, g.findings), f"{path}.code"))
         if ev.grade is not None and not 1 <= ev.grade <= 5:
-            problems.append(Problem(f"grade {ev.grade} is not a CTCAE grade (1-5)",
-                                    f"{path}.grade"))
+            problems.append(
+                Problem(f"grade {ev.grade} is not a CTCAE grade (1-5)", f"{path}.grade")
+            )
     elif isinstance(ev, AssessmentEvent):
         for field in ("crs_grade", "icans_grade"):
             grade = getattr(ev, field)
             if grade is not None and not 0 <= grade <= 4:
                 problems.append(Problem(f"{field} {grade} is outside 0-4", f"{path}.{field}"))
-        if all(getattr(ev, f) is None for f in
-               ("crs_grade", "icans_grade", "infection", "antimicrobials")):
+        if all(
+            getattr(ev, f) is None
+            for f in ("crs_grade", "icans_grade", "infection", "antimicrobials")
+        ):
             problems.append(Problem("an assessment records at least one field", path))
     elif isinstance(ev, TreatmentEvent):
         drug = ev.drug.strip().lower()
@@ -321,7 +328,6 @@ def parse_timeline(data: Any, g: Guideline, file: str | None = None) -> Timeline
 
 
 def _check_patient(p: Patient, g: Guideline, problems: list[Problem]) -> Patient:
-    from .checks import unknown_name
 
     if not p.id.strip():
         problems.append(Problem("the patient id is empty", "$.patient.id"))
@@ -331,12 +337,16 @@ def _check_patient(p: Patient, g: Guideline, problems: list[Problem]) -> Patient
         problems.append(Problem(f"implausible weight {p.weight_kg:g} kg", "$.patient.weight_kg"))
     for i, rf in enumerate(p.risk_factors):
         if rf not in g.risk_factors:
-            problems.append(Problem(unknown_name("risk factor", rf, g.risk_factors),
-                                    f"$.patient.risk_factors[{i}]"))
+            problems.append(
+                Problem(
+                    unknown_name("risk factor", rf, g.risk_factors), f"$.patient.risk_factors[{i}]"
+                )
+            )
     baseline: dict[str, Measurement] = {}
     for code, meas in p.baseline.items():
-        canon = _canonical_value(code, meas.value, meas.unit, g, f"$.patient.baseline.{code}",
-                                 problems)
+        canon = _canonical_value(
+            code, meas.value, meas.unit, g=g, path=f"$.patient.baseline.{code}", problems=problems
+        )
         if canon is not None:
             baseline[code] = canon
     return attrs.evolve(p, baseline=baseline)
@@ -355,8 +365,15 @@ def load_timeline(path: str | Path, g: Guideline) -> Timeline:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TimelineError(
-            [Problem(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-                     "$", exc.lineno)], shown) from None
+            [
+                Problem(
+                    f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+                    "$",
+                    exc.lineno,
+                )
+            ],
+            shown,
+        ) from None
     return parse_timeline(data, g, shown)
 
 
