@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="load and check a guideline (default: the bundled one)")
     p.add_argument("guideline", nargs="?", help="guideline YAML (default: bundled iec-hs.yaml)")
+    p.add_argument(
+        "--unverified", action="store_true", help="list every statement still verified: false"
+    )
 
     p = sub.add_parser("run", help="run a patient timeline through the engine")
     p.add_argument("timeline", help="timeline JSON file")
@@ -76,10 +79,12 @@ def _engine(guideline: str | None) -> Engine:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .report import print_validation
+    from .report import print_unverified, print_validation
 
     engine = _engine(args.guideline)  # loading checks; compiling runs the chart's validations
     print_validation(engine.guideline)
+    if args.unverified:
+        print_unverified(engine.guideline)
     return EXIT_OK
 
 

@@ -8,9 +8,12 @@ what is wrong, so the CLI can print a clear message and exit 2 without a traceba
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 
 import attrs
+import cattrs
+from cattrs.v import format_exception
 
 __all__ = [
     "EpisodeError",
@@ -18,8 +21,30 @@ __all__ = [
     "IechsError",
     "Problem",
     "TimelineError",
+    "structuring_problems",
     "unknown_name",
 ]
+
+_KEY_PATH = re.compile(r"\['([^'\]]*)'\]")
+
+
+def _format(exc: BaseException, type_: type | None) -> str:
+    # Our own hooks raise ValueError with a precise message: keep it. Otherwise cattrs' wording.
+    if type(exc) is ValueError and exc.args:
+        return str(exc.args[0])
+    return format_exception(exc, type_)
+
+
+def structuring_problems(
+    exc: Exception, root: str = "$", rename: Callable[[str], str] = lambda p: p
+) -> list[Problem]:
+    """Turn a cattrs structuring failure into Problems (`$.events[3].value`-style paths)."""
+    problems = []
+    for msg in cattrs.transform_error(exc, path=root, format_exception=_format):
+        text, _, path = msg.rpartition(" @ ")
+        path = rename(_KEY_PATH.sub(lambda mt: f".{mt.group(1)}", path))
+        problems.append(Problem(text or msg, path))
+    return problems
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:

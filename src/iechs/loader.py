@@ -20,7 +20,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from . import model as m
 from .checks import check_guideline
-from .errors import GuidelineError, Problem
+from .errors import GuidelineError, Problem, structuring_problems
 
 __all__ = ["DEFAULT_GUIDELINE", "default_guideline_path", "load_guideline", "parse_guideline"]
 
@@ -100,11 +100,9 @@ def _make_converter() -> cattrs.Converter:
 
 
 _CONVERTER = _make_converter()
-_KEY_PATH = re.compile(r"\['([^'\]]*)'\]")
 
 
-def _norm_path(path: str) -> str:
-    path = _KEY_PATH.sub(lambda mt: f".{mt.group(1)}", path)
+def _rename_path(path: str) -> str:
     for attr, key in _PATH_RENAMES.items():
         path = re.sub(re.escape(attr) + r"(?=[.\[]|$)", key, path)
     return path
@@ -192,11 +190,10 @@ def parse_guideline(text: str, file: str = "<guideline>", *, check: bool = True)
     try:
         guideline = _CONVERTER.structure(data, m.Guideline)
     except Exception as exc:  # cattrs raises ExceptionGroups; transform_error reads them all
-        problems = []
-        for msg in cattrs.transform_error(exc, path="$"):
-            text_part, _, path = msg.rpartition(" @ ")
-            path = _norm_path(path)
-            problems.append(Problem(text_part or msg, path, lines.line(path)))
+        problems = [
+            Problem(p.message, p.path, lines.line(p.path))
+            for p in structuring_problems(exc, "$", _rename_path)
+        ]
         raise GuidelineError(problems, file) from None
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     guideline = attrs.evolve(guideline, sha256=sha, file=file)

@@ -12,7 +12,7 @@ from .checks import citables
 from .decision import Decision
 from .model import Guideline
 
-__all__ = ["describe_event", "print_run", "print_validation"]
+__all__ = ["describe_event", "print_run", "print_unverified", "print_validation"]
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -123,3 +123,21 @@ def print_validation(g: Guideline, console: Console | None = None) -> None:
 
 def count_unverified(g: Guideline) -> int:
     return sum(1 for _, item in citables(g) if not item.verified)
+
+
+def _statement_text(item: object) -> str:
+    for field in ("text", "description", "label", "name"):
+        value = getattr(item, field, None)
+        if isinstance(value, str):
+            return " ".join(value.split())
+    return ""
+
+
+def print_unverified(g: Guideline, console: Console | None = None) -> None:
+    """Every statement still `verified: false`, with its place and sources."""
+    console = console or _console()
+    for path, item in citables(g):
+        if not item.verified:
+            console.print(
+                f"  {path}: {_statement_text(item)} [{', '.join(item.cite)}]", markup=False
+            )

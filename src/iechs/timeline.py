@@ -17,7 +17,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
-from .errors import Problem, TimelineError, unknown_name
+from .errors import Problem, TimelineError, structuring_problems, unknown_name
 from .model import Guideline
 
 __all__ = [
@@ -214,11 +214,7 @@ def _structure(data: Any, cls: type[Any], file: str | None, root: str = "$") -> 
     try:
         return _CONVERTER.structure(data, cls)
     except Exception as exc:  # cattrs groups every structuring error; transform_error reads them
-        problems = []
-        for msg in cattrs.transform_error(exc, path=root):
-            text, _, path = msg.rpartition(" @ ")
-            problems.append(Problem(text or msg, path.replace("['", ".").replace("']", "")))
-        raise TimelineError(problems, file) from None
+        raise TimelineError(structuring_problems(exc, root), file) from None
 
 
 def _canonical_observation(

@@ -1,0 +1,72 @@
+"""The CLI on good input: validate, run (text and JSON), demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iechs.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY14 = ROOT / "examples" / "day14-steroid-response.json"
+
+
+def test_validate_bundled_guideline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate"]) == 0
+    out = capsys.readouterr().out
+    assert "iec-hs 0.1.0" in out
+    assert "8 states, 18 transitions" in out
+
+
+def test_validate_lists_unverified_statements(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--unverified"]) == 0
+    out = capsys.readouterr().out
+    assert "$.criteria.hines_identification:" in out
+    assert "$.criteria.cartox_hlh:" not in out  # verified against the seed summary
+
+
+def test_run_json_structure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(DAY14), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["path"] == ["surveillance", "suspected", "first_line_steroids", "resolved", "closed"]
+    assert doc["final_state"] == "closed"
+    assert set(doc["guideline"]) == {"id", "version", "sha256"}
+    step = doc["steps"][12]
+    assert (step["from"], step["to"]) == ("suspected", "first_line_steroids")
+    assert step["guards"][0]["result"] == "TRUE"
+    assert step["criteria"]["ferritin_above_10000"]["reads"][0]["value"] == 26000
+    assert step["recommendations"][0]["cite"] == ["seed-summary", "seed-news-2026", "hines-2023"]
+    assert [a["code"] for a in doc["alerts"]] == ["missing_data", "missing_data"]
+
+
+def test_run_json_has_sorted_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["run", str(DAY14), "--format", "json"])
+    out = capsys.readouterr().out
+    assert out == json.dumps(json.loads(out), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_run_text_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(DAY14)]) == 0
+    out = capsys.readouterr().out
+    assert "suspected -> first_line_steroids" in out
+    assert "Final state: closed" in out
+    assert "missing_data" in out
+
+
+def test_demo_runs_every_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--format", "json"]) == 0
+    docs = json.loads(capsys.readouterr().out)
+    assert sorted(docs) == sorted(p.name for p in (ROOT / "examples").glob("*.json"))
+    assert docs["day14-steroid-response.json"]["final_state"] == "closed"
+
+
+def test_module_entry_point_and_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "iechs", "--version"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("iechs 0.1.0")
