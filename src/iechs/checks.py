@@ -5,7 +5,7 @@ Each check returns `Problem`s with a JSON-style path; the loader adds the YAML l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from . import model as m
 from .errors import Problem, unknown_name
@@ -35,12 +35,16 @@ REQUIRED_DRUG_CLASSES = ("corticosteroid", "il6_blockade", "antimicrobial")
 REQUIRED_EVENTS = ("reassess", "close")
 
 
-def check_guideline(g: m.Guideline) -> list[Problem]:
+def check_guideline(g: m.Guideline, *, structural: bool = True) -> list[Problem]:
+    """Every problem of the guideline. With `structural=False`, the graph's shape (reachable,
+    trap and final states) and missing citations are left to the verifier, which reports them
+    as broken properties with counterexamples."""
     problems: list[Problem] = []
-    problems += _check_citations(g)
+    problems += _check_citations(g, missing=structural)
     problems += _check_vocabulary(g)
     problems += _check_criteria(g)
-    problems += _check_states(g)
+    problems += _check_states(g, graph=structural)
+    problems += _check_properties(g)
     return problems
 
 
@@ -62,12 +66,14 @@ def citables(g: m.Guideline) -> Iterator[tuple[str, m.Citable]]:
                 yield f"{base}.{field}[{i}]", item
         for i, t in enumerate(s.transitions):
             yield f"{base}.transitions[{i}]", t
+    for pid, prop in g.properties.items():
+        yield f"$.properties.{pid}", prop
 
 
-def _check_citations(g: m.Guideline) -> list[Problem]:
+def _check_citations(g: m.Guideline, *, missing: bool) -> list[Problem]:
     problems = []
     for path, item in citables(g):
-        if not item.cite:
+        if missing and not item.cite:
             problems.append(
                 Problem("missing citation: every clinical statement cites a source", f"{path}.cite")
             )
@@ -253,7 +259,7 @@ def reachable_states(g: m.Guideline, start: str) -> set[str]:
     return seen
 
 
-def _check_states(g: m.Guideline) -> list[Problem]:
+def _check_states(g: m.Guideline, *, graph: bool = True) -> list[Problem]:
     problems: list[Problem] = []
     for sid in FIXED_STATES:
         if sid not in g.states:
@@ -265,7 +271,7 @@ def _check_states(g: m.Guideline) -> list[Problem]:
         base = f"$.states.{sid}"
         if s.final and s.transitions:
             problems.append(Problem("a final state has no transitions", f"{base}.transitions"))
-        if not s.final and not s.transitions:
+        if graph and not s.final and not s.transitions:
             problems.append(Problem("trap state: not final and no transition leaves it", base))
         for i, r in enumerate(s.recommendations):
             rp = f"{base}.recommendations[{i}]"
@@ -287,7 +293,7 @@ def _check_states(g: m.Guideline) -> list[Problem]:
                                 unknown_name("criterion", name, g.criteria), f"{tp}.{field}[{j}]"
                             )
                         )
-    if len(initials) == 1:
+    if graph and len(initials) == 1:
         reach = reachable_states(g, initials[0])
         for sid in g.states:
             if sid not in reach:
@@ -303,4 +309,44 @@ def _check_states(g: m.Guideline) -> list[Problem]:
                 problems.append(
                     Problem("trap: no path from here reaches a final state", f"$.states.{sid}")
                 )
+    return problems
+
+
+def _check_properties(g: m.Guideline) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def refs(kind: str, names: tuple[str, ...], known: Iterable[str], path: str) -> None:
+        known = list(known)
+        for i, name in enumerate(names):
+            if name not in known:
+                problems.append(Problem(unknown_name(kind, name, known), f"{path}[{i}]"))
+
+    for pid, prop in g.properties.items():
+        path = f"$.properties.{pid}"
+        if len(prop.kinds) != 1:
+            problems.append(
+                Problem(
+                    f"a property has exactly one kind ({', '.join(m.PROPERTY_KINDS)}); found "
+                    f"{len(prop.kinds)}",
+                    path,
+                )
+            )
+            continue
+        spec = getattr(prop, prop.kind)
+        base = f"{path}.{prop.kind}"
+        if isinstance(spec, m.NeverWithout):
+            refs("drug class", (spec.drug_class, spec.requires), g.drug_classes, base)
+        elif isinstance(spec, m.NeverTogether):
+            refs("drug class", spec.classes, g.drug_classes, f"{base}.classes")
+        elif isinstance(spec, m.OrderOfLines):
+            refs("state", spec.lines, g.states, f"{base}.lines")
+            refs("state", spec.reset_at, g.states, f"{base}.reset_at")
+        elif isinstance(spec, m.GateBefore):
+            refs("state", spec.into, g.states, f"{base}.into")
+            refs("criterion", spec.blocked_when, g.criteria, f"{base}.blocked_when")
+        elif isinstance(spec, m.EscalationAfter):
+            refs("state", spec.lines, g.states, f"{base}.lines")
+            refs("criterion", spec.requires_any, g.criteria, f"{base}.requires_any")
+        elif isinstance(spec, m.CanReach):
+            refs("state", spec.targets, g.states, f"{base}.targets")
     return problems

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guideline", help="guideline YAML (default: bundled iec-hs.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
+    p = sub.add_parser("verify", help="prove the guideline's safety properties over every path")
+    p.add_argument("guideline", nargs="?", help="guideline YAML (default: bundled iec-hs.yaml)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
     p = sub.add_parser("demo", help="run the bundled example timelines")
     p.add_argument("--format", choices=("text", "json"), default="text")
     return parser
@@ -62,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import IechsError
 
     try:
-        handler = {"validate": _validate, "run": _run, "demo": _demo}[args.command]
+        handler = {"validate": _validate, "run": _run, "demo": _demo, "verify": _verify}[
+            args.command
+        ]
         return handler(args)
     except IechsError as exc:
         print(f"iechs {args.command}: {exc.render()}", file=sys.stderr)
@@ -114,6 +120,26 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print_run(f"{args.timeline} — patient {patient}", decisions)
     return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import time
+
+    from .loader import load_guideline
+    from .verify import verify
+
+    # Shape and citations are properties here: reported with counterexamples, not as bad input.
+    guideline = load_guideline(args.guideline, structural=False)
+    started = time.perf_counter()  # measures the proof; never an input to it
+    report = verify(guideline)
+    seconds = time.perf_counter() - started
+    if args.format == "json":
+        _dump({**report.to_json(), "seconds": round(seconds, 3)})
+    else:
+        from .report import print_verification
+
+        print_verification(guideline, report, seconds)
+    return EXIT_OK if report.ok else EXIT_PROBLEM
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -13,28 +13,37 @@ import attrs
 
 __all__ = [
     "ALL_CRITERION_KINDS",
+    "PROPERTY_KINDS",
     "Assessed",
+    "CanReach",
     "Citable",
+    "Cites",
     "CountOf",
     "Criterion",
     "Dose",
     "DrugClassDef",
     "DrugDef",
     "Duration",
+    "EscalationAfter",
     "EventDef",
     "FindingDef",
     "FindingTest",
+    "GateBefore",
     "GradeTest",
     "Guideline",
     "GuidelineMeta",
     "InfectionTest",
+    "NeverTogether",
+    "NeverWithout",
     "ObservationDef",
     "Op",
+    "OrderOfLines",
     "Parameter",
     "Ratio",
     "Recommendation",
     "ResponseTest",
     "RiskTest",
+    "SafetyProperty",
     "Source",
     "StateDef",
     "Statement",
@@ -322,6 +331,100 @@ class StateDef:
     transitions: tuple[TransitionDef, ...] = ()
 
 
+# --- safety properties (read by the verifier) -------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class NeverWithout:
+    """No state recommends a drug of class `drug_class` unless it also recommends `requires`."""
+
+    drug_class: str
+    requires: str
+
+
+@attrs.frozen(kw_only=True)
+class NeverTogether:
+    """No state recommends drugs of two of these classes at once."""
+
+    classes: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class OrderOfLines:
+    """Each state of `lines` is entered only after the one before it, since the last entry
+    into a `reset_at` state (the episode's start counts)."""
+
+    lines: tuple[str, ...]
+    reset_at: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class GateBefore:
+    """No transition into `into` is enabled while all of `blocked_when` hold."""
+
+    into: tuple[str, ...]
+    blocked_when: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class EscalationAfter:
+    """A transition from one line to a later line needs one of `requires_any`."""
+
+    lines: tuple[str, ...]
+    requires_any: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class CanReach:
+    """Every state is reachable, and every non-final one can reach one of `targets`."""
+
+    targets: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class Cites:
+    """Every recommendation and every transition cites at least `at_least` sources."""
+
+    at_least: int = 1
+
+
+PROPERTY_KINDS = (
+    "never_recommend_without",
+    "never_recommend_together",
+    "order_of_lines",
+    "gate_before",
+    "escalation_after",
+    "reachable",
+    "can_reach",
+    "cites",
+    "deterministic",
+)
+
+
+@attrs.frozen(kw_only=True)
+class SafetyProperty(Citable):
+    """A property the verifier proves over every path. Exactly one kind field is set."""
+
+    description: str
+    never_recommend_without: NeverWithout | None = None
+    never_recommend_together: NeverTogether | None = None
+    order_of_lines: OrderOfLines | None = None
+    gate_before: GateBefore | None = None
+    escalation_after: EscalationAfter | None = None
+    reachable: bool | None = None
+    can_reach: CanReach | None = None
+    cites: Cites | None = None
+    deterministic: bool | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in PROPERTY_KINDS if getattr(self, k) is not None)
+
+    @property
+    def kind(self) -> str:
+        return self.kinds[0]
+
+
 @attrs.frozen(kw_only=True)
 class Guideline:
     guideline: GuidelineMeta
@@ -335,6 +438,7 @@ class Guideline:
     risk_factors: dict[str, Statement]
     criteria: dict[str, Criterion]
     states: dict[str, StateDef]
+    properties: dict[str, SafetyProperty] = attrs.field(factory=dict)
     #: SHA-256 of the document's bytes (set by the loader; not part of the YAML).
     sha256: str = ""
     #: where the document was read from (for messages; not part of the YAML).
