@@ -61,9 +61,11 @@ class Problem:
     message: str
     path: str = "$"
     line: int | None = None
+    #: the file this place is in, when it differs from the error's (a profile and its base).
+    file: str | None = None
 
     def render(self, file: str | None) -> str:
-        where = file or "<input>"
+        where = self.file or file or "<input>"
         if self.line is not None:
             where = f"{where}:{self.line}"
         return f"{where}: {self.path}: {self.message}"

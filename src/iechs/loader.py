@@ -7,6 +7,7 @@ live in `iechs.checks`. Both report every problem found, not just the first.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Mapping
 from importlib import resources
@@ -113,6 +114,7 @@ class LineMap:
 
     def __init__(self) -> None:
         self.lines: dict[str, int] = {}
+        self.mappings: set[str] = set()
         self.problems: list[Problem] = []
 
     @classmethod
@@ -124,6 +126,7 @@ class LineMap:
     def _walk(self, node: yaml.Node, path: str) -> None:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
+            self.mappings.add(path)
             seen: set[str] = set()
             for key_node, value_node in node.value:
                 key = str(key_node.value)
@@ -154,11 +157,36 @@ class LineMap:
         while p:
             if p in self.lines:
                 return self.lines[p]
-            cut = max(p.rfind("."), p.rfind("["))
-            if cut <= 0:
-                break
-            p = p[:cut]
+            p = _parent(p)
         return self.lines.get("$")
+
+    def owns(self, path: str) -> bool:
+        """Does this document set the value at `path` (itself, or by replacing an ancestor)?"""
+        p = path
+        while p:
+            if p in self.lines and (p == path or p not in self.mappings):
+                return True
+            p = _parent(p)
+        return False
+
+
+def _parent(path: str) -> str:
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else ""
+
+
+@attrs.frozen
+class SourceMap:
+    """Where each path of a (possibly layered) document comes from: profile first, base last."""
+
+    layers: tuple[tuple[str, LineMap], ...]
+
+    def problem(self, p: Problem) -> Problem:
+        for file, lines in self.layers[:-1]:
+            if lines.owns(p.path):
+                return Problem(p.message, p.path, lines.line(p.path), file)
+        file, lines = self.layers[-1]
+        return Problem(p.message, p.path, lines.line(p.path), file)
 
 
 def _read_yaml(text: str, file: str) -> tuple[Any, LineMap]:
@@ -179,49 +207,105 @@ def _read_yaml(text: str, file: str) -> tuple[Any, LineMap]:
     lines = LineMap.of(node)
     if lines.problems:
         raise GuidelineError(lines.problems, file)
+    if not isinstance(data, Mapping):
+        raise GuidelineError([Problem("expected a mapping at the top level", "$", 1)], file)
     return data, lines
 
 
+def _merge(base: Any, over: Any) -> Any:
+    """A profile's value replaces the base's; mappings merge key by key; null removes a key."""
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
+        out = dict(base)
+        for key, value in over.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = _merge(base[key], value) if key in base else value
+        return out
+    return over
+
+
+_MAX_PROFILE_DEPTH = 4
+
+
+def _read_layers(
+    text: str, file: str, base_dir: Path, depth: int = 0
+) -> tuple[Any, list[tuple[str, LineMap]], str]:
+    """The document's data (a profile merged over its base), its layers and its content hash."""
+    data, lines = _read_yaml(text, file)
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    profile = data.get("profile")
+    if profile is None:
+        return data, [(file, lines)], sha
+    extends = profile.get("extends") if isinstance(profile, Mapping) else None
+    if not isinstance(extends, str):
+        problem = Problem(
+            "a profile names the guideline it changes in `extends`",
+            "$.profile",
+            lines.line("$.profile"),
+        )
+        raise GuidelineError([problem], file)
+    if depth >= _MAX_PROFILE_DEPTH:
+        problem = Problem(
+            f"profiles nest deeper than {_MAX_PROFILE_DEPTH} (a cycle?)",
+            "$.profile.extends",
+            lines.line("$.profile.extends"),
+        )
+        raise GuidelineError([problem], file)
+    base_path = base_dir / extends
+    shown = os.path.normpath(Path(file).parent / extends)
+    base_data, base_layers, base_sha = _read_layers(
+        _read_text(base_path, shown), shown, base_path.parent, depth + 1
+    )
+    combined = hashlib.sha256(f"{sha}\n{base_sha}".encode()).hexdigest()
+    return _merge(base_data, data), [(file, lines), *base_layers], combined
+
+
 def parse_guideline(
-    text: str, file: str = "<guideline>", *, check: bool = True, structural: bool = True
+    text: str,
+    file: str = "<guideline>",
+    *,
+    check: bool = True,
+    structural: bool = True,
+    base_dir: Path | None = None,
 ) -> m.Guideline:
     """Parse and (by default) semantically check a guideline document given as text.
 
-    `structural=False` leaves the graph's shape and missing citations to the verifier."""
-    data, lines = _read_yaml(text, file)
-    if not isinstance(data, Mapping):
-        raise GuidelineError([Problem("expected a mapping at the top level", "$", 1)], file)
+    A profile (`profile: {extends: ...}`) is merged over the guideline it extends, found
+    relative to `base_dir`. `structural=False` leaves the graph's shape and missing citations
+    to the verifier."""
+    data, layers, sha = _read_layers(text, file, base_dir or Path.cwd())
+    source = SourceMap(tuple(layers))
     try:
         guideline = _CONVERTER.structure(data, m.Guideline)
     except Exception as exc:  # cattrs raises ExceptionGroups; transform_error reads them all
-        problems = [
-            Problem(p.message, p.path, lines.line(p.path))
-            for p in structuring_problems(exc, "$", _rename_path)
-        ]
+        problems = [source.problem(p) for p in structuring_problems(exc, "$", _rename_path)]
         raise GuidelineError(problems, file) from None
-    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     guideline = attrs.evolve(guideline, sha256=sha, file=file)
     if check:
         problems = check_guideline(guideline, structural=structural)
         if problems:
-            raise GuidelineError(
-                [Problem(p.message, p.path, lines.line(p.path)) for p in problems], file
-            )
+            raise GuidelineError([source.problem(p) for p in problems], file)
     return guideline
+
+
+def _read_text(path: Path, shown: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise GuidelineError([Problem(f"cannot read the file: {exc.strerror}")], shown) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GuidelineError([Problem(f"not UTF-8 text ({exc.reason})")], shown) from None
 
 
 def load_guideline(
     path: str | Path | None = None, *, check: bool = True, structural: bool = True
 ) -> m.Guideline:
-    """Load a guideline file (default: the bundled IEC-HS guideline)."""
+    """Load a guideline or profile file (default: the bundled IEC-HS guideline)."""
     p = Path(path) if path is not None else default_guideline_path()
     shown = str(path) if path is not None else f"guideline/{DEFAULT_GUIDELINE}"
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise GuidelineError([Problem(f"cannot read the file: {exc.strerror}")], shown) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GuidelineError([Problem(f"not UTF-8 text ({exc.reason})")], shown) from None
-    return parse_guideline(text, shown, check=check, structural=structural)
+    return parse_guideline(
+        _read_text(p, shown), shown, check=check, structural=structural, base_dir=p.parent
+    )

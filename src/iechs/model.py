@@ -39,6 +39,7 @@ __all__ = [
     "Op",
     "OrderOfLines",
     "Parameter",
+    "Profile",
     "Ratio",
     "Recommendation",
     "ResponseTest",
@@ -426,6 +427,14 @@ class SafetyProperty(Citable):
 
 
 @attrs.frozen(kw_only=True)
+class Profile:
+    """This document changes another guideline: `extends` names it (relative path)."""
+
+    extends: str
+    rationale: str
+
+
+@attrs.frozen(kw_only=True)
 class Guideline:
     guideline: GuidelineMeta
     sources: dict[str, Source]
@@ -439,6 +448,7 @@ class Guideline:
     criteria: dict[str, Criterion]
     states: dict[str, StateDef]
     properties: dict[str, SafetyProperty] = attrs.field(factory=dict)
+    profile: Profile | None = None
     #: SHA-256 of the document's bytes (set by the loader; not part of the YAML).
     sha256: str = ""
     #: where the document was read from (for messages; not part of the YAML).

@@ -136,7 +136,8 @@ def _cut_points(limits: list[float]) -> list[float]:
     delta = max(abs(ls[-1]) * 0.01, 0.01)
     pts = [0.0, ls[0] - delta, ls[-1] + delta, *ls]
     pts += [(a + b) / 2 for a, b in itertools.pairwise(ls)]
-    return sorted({round(p, 6) for p in pts if p >= 0})
+    # Highest first: witnesses then read like the illness (ferritin 10,100, 96 h on a line).
+    return sorted({round(p, 6) for p in pts if p >= 0}, reverse=True)
 
 
 def build_domains(g: m.Guideline, leaves: list[str]) -> list[Domain]:
@@ -403,7 +404,8 @@ class Report:
         }
 
 
-Node = tuple[str, frozenset[str]]
+History = tuple[frozenset[str], ...]
+Node = tuple[str, History]
 
 
 class _Explorer:
@@ -411,9 +413,8 @@ class _Explorer:
         self.g = g
         self.solver = Solver(g)
         self.enabled: dict[tuple[str, int], dict[str, str] | None] = {}
-        order = [p.order_of_lines for p in g.properties.values() if p.order_of_lines]
-        self.lines = set(order[0].lines) if order else set()
-        self.resets = set(order[0].reset_at) if order else set()
+        #: one history per order-of-lines property: the lines entered since its last reset.
+        self.orders = [p.order_of_lines for p in g.properties.values() if p.order_of_lines]
         self.parent: dict[Node, tuple[Node, Edge] | None] = {}
         self.edges_seen = 0
 
@@ -430,7 +431,7 @@ class _Explorer:
                 yield Edge(state, i, t)
 
     def explore(self) -> list[Node]:
-        start: Node = (self.g.initial_state, frozenset())
+        start: Node = (self.g.initial_state, tuple(frozenset() for _ in self.orders))
         self.parent = {start: None}
         queue = deque([start])
         order = []
@@ -447,12 +448,19 @@ class _Explorer:
                     queue.append(nxt)
         return order
 
-    def advance(self, visited: frozenset[str], target: str) -> frozenset[str]:
-        if target in self.resets:
-            return frozenset()
-        if target in self.lines:
-            return visited | {target}
-        return visited
+    def advance(self, history: History, target: str) -> History:
+        out = []
+        for order, visited in zip(self.orders, history, strict=True):
+            if target in order.reset_at:
+                out.append(frozenset())
+            elif target in order.lines:
+                out.append(visited | {target})
+            else:
+                out.append(visited)
+        return tuple(out)
+
+    def visited(self, node: Node, order: m.OrderOfLines) -> frozenset[str]:
+        return node[1][self.orders.index(order)]
 
     def path_to(self, node: Node) -> list[Step]:
         steps: list[Step] = []
@@ -574,11 +582,12 @@ def _check(
                     )
                 )
                 if both is not None:
-                    values = tuple(sorted(both.values()))
+                    values = "; ".join(sorted(both.values())) or "always"
                     return fail(
-                        f"in {n[0]!r}, event {a.transition.event!r} enables both -> {a.target} "
-                        f"and -> {b.target} when {'; '.join(values) or 'always'}",
-                        [*ex.path_to(n), ex.step(a, both), ex.step(b, both)],
+                        f"in {n[0]!r}, event {a.transition.event!r} enables both "
+                        f"-> {a.target} [{a.transition.label}] and -> {b.target} "
+                        f"[{b.transition.label}] with {values}",
+                        ex.path_to(n),
                     )
         return None
     raise AssertionError(prop.kind)  # pragma: no cover - kinds are checked at load
@@ -599,8 +608,8 @@ def _check_edges(
             t = edge.transition
             if isinstance(spec, m.OrderOfLines) and edge.target in spec.lines:
                 k = spec.lines.index(edge.target)
-                visited = n[1] if n[0] not in spec.reset_at else frozenset()
-                if k > 0 and spec.lines[k - 1] not in visited and n[0] != spec.lines[k - 1]:
+                visited = ex.visited(n, spec)
+                if k > 0 and spec.lines[k - 1] not in visited:
                     return fail(
                         f"{edge.target!r} entered without {spec.lines[k - 1]!r} before it",
                         [*ex.path_to(n), ex.step(edge, w)],
