@@ -449,7 +449,7 @@ class _Explorer:
         return order
 
     def advance(self, history: History, target: str) -> History:
-        out = []
+        out: list[frozenset[str]] = []
         for order, visited in zip(self.orders, history, strict=True):
             if target in order.reset_at:
                 out.append(frozenset())
