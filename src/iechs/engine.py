@@ -552,65 +552,32 @@ class Episode:
             )
             return deviations, alerts
         dc = g.drug_classes[cls]
-        if dc.immunosuppressive and f.infection_untreated():
+        infection_blocks = dc.immunosuppressive and f.infection_untreated()
+        if infection_blocks:
+            status = f.infection[1] if f.infection else "suspected"
             alerts.append(
                 Alert(
                     "immunosuppression_before_antimicrobials",
                     at,
-                    f"{event.drug} (immunosuppression) while infection is "
-                    f"{f.infection[1] if f.infection else 'suspected'} and antimicrobials have not "
-                    "started: start antimicrobials first.",
+                    f"{event.drug} (immunosuppression) while infection is {status} and "
+                    "antimicrobials have not started: start antimicrobials first.",
                     ("seed-summary",),
                 )
             )
-            if fired is None:
-                deviations.append(
-                    Deviation(
-                        event.drug,
-                        cls,
-                        "infection not yet treated",
-                        "immunosuppression_before_antimicrobials",
-                    )
-                )
-                return deviations, alerts
         if cls == "il6_blockade":
-            window = g.parameters.get("concurrent_steroid_window_hours")
-            hours = window.value if window else 24.0
-            last = f.last_corticosteroid_at
-            if last is None or (at - last) > timedelta(hours=hours):
-                alerts.append(
-                    Alert(
-                        "il6_monotherapy",
-                        at,
-                        f"{event.drug} without a corticosteroid in the last "
-                        f"{hours:g} h: IL-6 blockade is not recommended as "
-                        "monotherapy for IEC-HS.",
-                        ("seed-news-2026",),
-                    )
+            il6_alert, il6_dev = self._il6_check(event.drug, at)
+            alerts.append(il6_alert)
+            deviations.append(il6_dev)
+            return deviations, alerts
+        if infection_blocks and fired is None:
+            deviations.append(
+                Deviation(
+                    event.drug,
+                    cls,
+                    "infection not yet treated",
+                    "immunosuppression_before_antimicrobials",
                 )
-                deviations.append(
-                    Deviation(
-                        event.drug, cls, "IL-6 blockade without corticosteroid", "il6_monotherapy"
-                    )
-                )
-            else:
-                alerts.append(
-                    Alert(
-                        "off_guideline_therapy",
-                        at,
-                        f"{event.drug}: IL-6 blockade is not part of this "
-                        "guideline's IEC-HS treatment.",
-                        ("seed-news-2026",),
-                    )
-                )
-                deviations.append(
-                    Deviation(
-                        event.drug,
-                        cls,
-                        "IL-6 blockade is not a line of this guideline",
-                        "off_guideline_therapy",
-                    )
-                )
+            )
             return deviations, alerts
         line = self.engine.class_line.get(cls)
         if fired is not None or line is None or line <= self._current_line():
@@ -634,6 +601,39 @@ class Episode:
         )
         deviations.append(Deviation(event.drug, cls, reason, "off_guideline_therapy"))
         return deviations, alerts
+
+    def _il6_check(self, drug: str, at: datetime) -> tuple[Alert, Deviation]:
+        """IL-6 blockade for IEC-HS is never a line here; alone it is a critical alert."""
+        window = self.g.parameters.get("concurrent_steroid_window_hours")
+        hours = window.value if window else 24.0
+        last = self.facts.last_corticosteroid_at
+        if last is None or (at - last) > timedelta(hours=hours):
+            return (
+                Alert(
+                    "il6_monotherapy",
+                    at,
+                    f"{drug} without a corticosteroid in the last {hours:g} h: IL-6 "
+                    "blockade is not recommended as monotherapy for IEC-HS.",
+                    ("seed-news-2026",),
+                ),
+                Deviation(
+                    drug, "il6_blockade", "IL-6 blockade without corticosteroid", "il6_monotherapy"
+                ),
+            )
+        return (
+            Alert(
+                "off_guideline_therapy",
+                at,
+                f"{drug}: IL-6 blockade is not part of this guideline's IEC-HS treatment.",
+                ("seed-news-2026",),
+            ),
+            Deviation(
+                drug,
+                "il6_blockade",
+                "IL-6 blockade is not a line of this guideline",
+                "off_guideline_therapy",
+            ),
+        )
 
     def _recs(self, state: str) -> tuple[Any, ...]:
         return self.g.states[state].recommendations
