@@ -1,6 +1,6 @@
 # Two commands that work on a fresh machine (they create .venv and install what they need):
 #   make demo   run the bundled example timelines through the engine on the bundled guideline
-#   make test   ruff, mypy (strict), guideline validation, and the test suite
+#   make test   ruff, mypy (strict), validate and verify the guideline and its profiles, tests
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -23,6 +23,8 @@ test: install
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 	$(BIN)/iechs validate
+	$(BIN)/iechs verify
+	for profile in guideline/profiles/*.yaml; do $(BIN)/iechs verify "$$profile" || exit 1; done
 	$(BIN)/pytest
 
 clean:

@@ -7,6 +7,7 @@ Heavy modules are imported inside the commands so that `iechs --help` starts fas
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["examples_dir", "main"]
 
 EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
+
+#: Commands defined in their own modules: name -> module. Each such module defines `HELP` (one
+#: line), `configure(parser)` and `run(args) -> int`, and imports anything heavy inside `run`,
+#: so that building the parser (and `iechs --help`) stays fast.
+EXTERNAL_COMMANDS: dict[str, str] = {}
 
 
 def examples_dir() -> Path:
@@ -58,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the bundled example timelines")
     p.add_argument("--format", choices=("text", "json"), default="text")
+
+    for name, module_name in EXTERNAL_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.configure(sub.add_parser(name, help=module.HELP))
     return parser
 
 
@@ -66,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import IechsError
 
     try:
+        if args.command in EXTERNAL_COMMANDS:
+            run: Any = importlib.import_module(EXTERNAL_COMMANDS[args.command]).run
+            return int(run(args))
         handler = {"validate": _validate, "run": _run, "demo": _demo, "verify": _verify}[
             args.command
         ]
