@@ -38,7 +38,10 @@ def test_run_json_structure(capsys: pytest.CaptureFixture[str]) -> None:
     step = doc["steps"][12]
     assert (step["from"], step["to"]) == ("suspected", "first_line_steroids")
     assert step["guards"][0]["result"] == "TRUE"
-    assert step["criteria"]["ferritin_above_10000"]["reads"][0]["value"] == 26000
+    assert step["criteria"]["ferritin_above_2x_uln"]["reads"][0]["value"] == 26000
+    assert step["criteria"]["iec_hs_identified"]["detail"] == (
+        "any of: hines_identification=TRUE, 1 more not needed"
+    )
     assert step["recommendations"][0]["cite"] == ["seed-summary", "seed-news-2026", "hines-2023"]
     assert [a["code"] for a in doc["alerts"]] == ["missing_data", "missing_data"]
 

@@ -83,7 +83,8 @@ def test_guards_explain_values_read(engine: Engine) -> None:
     ast = verdicts["ast_above_5x_uln"]
     assert ast.value is Tri.TRUE
     assert [(r.what, r.value) for r in ast.reads] == [("ast", 300.0), ("ast_uln", 40.0)]
-    assert verdicts["fibrinogen_below_150"].detail == "fibrinogen 120 < 150 mg/dL"
+    assert verdicts["ferritin_above_2x_uln"].detail == "ferritin 25000 > 2 x ferritin_uln 300 ng/mL"
+    assert "fibrinogen_below_150" not in verdicts  # AST > 5x ULN already decided the organ test
     assert d.transition_cite == ("seed-summary", "seed-news-2026", "hines-2023")
     assert [r.id for r in d.recommendations][:2] == [
         "dexamethasone-high-dose",
@@ -93,10 +94,20 @@ def test_guards_explain_values_read(engine: Engine) -> None:
 
 def test_each_criterion_is_evaluated_once_per_step(engine: Engine) -> None:
     episode = iec_hs_onset(engine)
-    d = episode.decisions[-1]
+    (d,) = [d for d in episode.decisions if d.changed]  # surveillance -> suspected
     names = [v.name for v in d.criteria]
     assert len(names) == len(set(names))
     assert "ferritin_raised" in names  # shared by two branches of screening_trigger
+
+
+def test_combinators_stop_once_decided(engine: Engine) -> None:
+    episode = iec_hs_onset(engine)
+    d = episode.decisions[-1]  # in suspected; ferritin rising, so "ruled out" is FALSE early
+    verdicts = {v.name: v for v in d.criteria}
+    ruled_out = verdicts["iec_hs_ruled_out"]
+    assert ruled_out.value is Tri.FALSE
+    assert ruled_out.explanation == "all of: ferritin_falling=FALSE, 1 more not needed"
+    assert "not_iec_hs_identified" not in verdicts
 
 
 def test_off_guideline_treatment_is_a_deviation_not_a_transition(engine: Engine) -> None:

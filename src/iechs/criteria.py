@@ -12,16 +12,24 @@ from __future__ import annotations
 import enum
 import operator
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
 from . import model as m
 from .timeline import Patient, format_time
 
-__all__ = ["Evaluation", "Facts", "Reading", "Tri", "Verdict", "derived_risk_factors"]
+__all__ = [
+    "CriteriaPlan",
+    "Evaluation",
+    "Facts",
+    "Reading",
+    "Tri",
+    "Verdict",
+    "derived_risk_factors",
+]
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
@@ -48,9 +56,10 @@ class Tri(enum.Enum):
         return Tri.FALSE if self is Tri.TRUE else Tri.TRUE
 
 
-@attrs.frozen
-class Reading:
-    """One value a criterion read: what, its value (and unit), and when it was recorded."""
+class Reading(NamedTuple):
+    """One value a criterion read: what, its value (and unit), and when it was recorded.
+
+    Verdicts and readings are built on every step: tuples, not attrs classes, for speed."""
 
     what: str
     value: Any
@@ -66,17 +75,33 @@ class Reading:
         return out
 
 
-@attrs.frozen
-class Verdict:
+class Verdict(NamedTuple):
+    """A criterion's value at one moment, with what it read and (if UNKNOWN) what is missing.
+
+    For a combinator, `detail` names the operation and `child_values` hold the values of the
+    children evaluated (in order, up to the one that decided it); `explanation` spells them
+    out (built only when asked for)."""
+
     name: str
     value: Tri
     detail: str
     reads: tuple[Reading, ...] = ()
     missing: tuple[str, ...] = ()
     children: tuple[str, ...] = ()
+    child_values: tuple[Tri, ...] = ()
+
+    @property
+    def explanation(self) -> str:
+        if not self.children:
+            return self.detail
+        parts = [f"{c}={v.value}" for c, v in zip(self.children, self.child_values, strict=False)]
+        skipped = len(self.children) - len(self.child_values)
+        if skipped:
+            parts.append(f"{skipped} more not needed")
+        return f"{self.detail}: {', '.join(parts)}"
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"result": self.value.value, "detail": self.detail}
+        out: dict[str, Any] = {"result": self.value.value, "detail": self.explanation}
         if self.reads:
             out["reads"] = [r.to_json() for r in self.reads]
         if self.missing:
@@ -171,18 +196,83 @@ class Facts:
         return bool(g) and g[-1][1] >= 1
 
 
-class Evaluation:
-    """Evaluates criteria of one guideline over the facts at one moment; memoised."""
+@attrs.frozen
+class _Node:
+    """A criterion compiled once per guideline: kind, spec and every number resolved."""
 
-    def __init__(self, g: m.Guideline, facts: Facts) -> None:
+    name: str
+    kind: str
+    spec: Any
+    children: tuple[str, ...]
+    #: resolved numbers and units, by kind (see CriteriaPlan._resolve).
+    args: tuple[Any, ...]
+
+
+class CriteriaPlan:
+    """The guideline's criteria, compiled once and shared by every episode of an engine."""
+
+    def __init__(self, g: m.Guideline) -> None:
         self.g = g
+        p = g.parameters.get("lab_validity_hours")
+        self.default_validity = p.value if p is not None else float("inf")
+        self.nodes = {name: self._compile(name, c) for name, c in g.criteria.items()}
+
+    def _compile(self, name: str, c: m.Criterion) -> _Node:
+        kind = c.kind
+        spec = getattr(c, kind)
+        return _Node(name, kind, spec, c.children, self._resolve(kind, spec))
+
+    def _validity(self, within: m.Number | None) -> float:
+        return self.default_validity if within is None else self.g.param(within)
+
+    def _resolve(self, kind: str, spec: Any) -> tuple[Any, ...]:
+        g = self.g
+        if kind == "threshold":
+            obs = g.observations[spec.observation]
+            limit = g.param(spec.value) * (obs.units[spec.unit] if spec.unit else 1.0)
+            return (_OPS[spec.op], limit, self._validity(spec.within_hours), obs.unit)
+        if kind == "ratio":
+            obs = g.observations[spec.observation]
+            if spec.reference == "baseline":
+                ref: float | None = None
+                ref_name = "baseline"
+            else:
+                ref, ref_name = g.param(spec.reference), spec.reference.removeprefix("$")
+            return (
+                _OPS[spec.op],
+                g.param(spec.factor),
+                ref,
+                ref_name,
+                self._validity(spec.within_hours),
+                obs.unit,
+            )
+        if kind == "trend":
+            return (g.param(spec.window_hours), g.observations[spec.observation].unit)
+        if kind == "finding":
+            return (g.findings[spec.code].unrecorded == "absent",)
+        if kind in ("time_on_line", "time_since_infusion"):
+            return (_OPS[spec.op], g.param(spec.hours))
+        if kind == "risk":
+            return (g.param(spec.at_least),)
+        if kind == "grade":
+            return (_OPS[spec.op],)
+        return ()
+
+
+class Evaluation:
+    """Evaluates the criteria over the facts at one moment; each criterion at most once."""
+
+    def __init__(self, plan: CriteriaPlan | m.Guideline, facts: Facts) -> None:
+        self.plan = plan if isinstance(plan, CriteriaPlan) else CriteriaPlan(plan)
+        self.g = self.plan.g
         self.facts = facts
         self.verdicts: dict[str, Verdict] = {}
 
     def __call__(self, name: str) -> Verdict:
         v = self.verdicts.get(name)
         if v is None:
-            v = self._evaluate(name, self.g.criteria[name])
+            node = self.plan.nodes[name]
+            v = _EVALUATORS[node.kind](self, node)
             self.verdicts[name] = v
         return v
 
@@ -199,245 +289,263 @@ class Evaluation:
                     out.append(item)
         return tuple(out)
 
-    # --- leaves ------------------------------------------------------------------------------
 
-    def _evaluate(self, name: str, c: m.Criterion) -> Verdict:
-        kind = c.kind
-        spec = getattr(c, kind)
-        if kind in ("all_of", "any_of", "not_", "count_of"):
-            return self._combine(name, c)
-        method: Callable[[str, Any], Verdict] = getattr(self, f"_{kind}")
-        return method(name, spec)
+def _missing(name: str, what: str, detail: str, reads: tuple[Reading, ...] = ()) -> Verdict:
+    return Verdict(name, Tri.UNKNOWN, detail, reads, (what,))
 
-    def _validity(self, within: m.Number | None) -> float:
-        if within is not None:
-            return self.g.param(within)
-        p = self.g.parameters.get("lab_validity_hours")
-        return p.value if p is not None else float("inf")
 
-    def _unit(self, code: str) -> str:
-        return self.g.observations[code].unit
+def _threshold(ev: Evaluation, n: _Node) -> Verdict:
+    t: m.Threshold = n.spec
+    op, limit, validity, unit = n.args
+    latest = ev.facts.latest(t.observation, validity)
+    if latest is None:
+        return _missing(n.name, t.observation, f"no recent {t.observation} value")
+    at, value = latest
+    return Verdict(
+        n.name,
+        Tri.of(op(value, limit)),
+        f"{t.observation} {value:g} {t.op} {limit:g} {unit}",
+        (Reading(t.observation, value, unit, at),),
+    )
 
-    def _threshold(self, name: str, t: m.Threshold) -> Verdict:
-        latest = self.facts.latest(t.observation, self._validity(t.within_hours))
-        obs = self.g.observations[t.observation]
-        limit = self.g.param(t.value) * (obs.units[t.unit] if t.unit else 1.0)
-        if latest is None:
-            return self._missing(name, t.observation, f"no recent {t.observation} value")
-        at, value = latest
-        ok = _OPS[t.op](value, limit)
-        return Verdict(
-            name,
-            Tri.of(ok),
-            f"{t.observation} {value:g} {t.op} {limit:g} {obs.unit}",
-            (Reading(t.observation, value, obs.unit, at),),
-        )
 
-    def _ratio(self, name: str, r: m.Ratio) -> Verdict:
-        latest = self.facts.latest(r.observation, self._validity(r.within_hours))
-        unit = self._unit(r.observation)
-        if latest is None:
-            return self._missing(name, r.observation, f"no recent {r.observation} value")
-        at, value = latest
-        reads = [Reading(r.observation, value, unit, at)]
-        factor = self.g.param(r.factor)
-        if r.reference == "baseline":
-            base = self.facts.baseline.get(r.observation)
-            if base is None:
-                return self._missing(
-                    name,
-                    f"baseline {r.observation} (value at infusion)",
-                    f"no baseline {r.observation}",
-                    tuple(reads),
-                )
-            ref, ref_name = base[1], "baseline"
-            reads.append(Reading(f"baseline {r.observation}", ref, unit, base[0]))
-        else:
-            ref, ref_name = self.g.param(r.reference), r.reference.removeprefix("$")
-            reads.append(Reading(ref_name, ref, unit))
-        ok = _OPS[r.op](value, factor * ref)
-        return Verdict(
-            name,
-            Tri.of(ok),
-            f"{r.observation} {value:g} {r.op} {factor:g} x {ref_name} {ref:g} {unit}",
-            tuple(reads),
-        )
-
-    def _trend(self, name: str, t: m.Trend) -> Verdict:
-        hours = self.g.param(t.window_hours)
-        points = self.facts.window(t.observation, hours)
-        unit = self._unit(t.observation)
-        if len(points) < 2:
-            return self._missing(
-                name,
-                f"{t.observation} (repeat within {hours:g} h for a trend)",
-                f"fewer than two {t.observation} values in {hours:g} h",
+def _ratio(ev: Evaluation, n: _Node) -> Verdict:
+    r: m.Ratio = n.spec
+    op, factor, ref, ref_name, validity, unit = n.args
+    latest = ev.facts.latest(r.observation, validity)
+    if latest is None:
+        return _missing(n.name, r.observation, f"no recent {r.observation} value")
+    at, value = latest
+    read = Reading(r.observation, value, unit, at)
+    if ref is None:
+        base = ev.facts.baseline.get(r.observation)
+        if base is None:
+            return _missing(
+                n.name,
+                f"baseline {r.observation} (value at infusion)",
+                f"no baseline {r.observation}",
+                (read,),
             )
-        (t0, first), (t1, last) = points[0], points[-1]
-        ok = {"rising": last > first, "falling": last < first, "not_falling": last >= first}[
-            t.direction
-        ]
+        ref = base[1]
+        ref_read = Reading(f"baseline {r.observation}", ref, unit, base[0])
+    else:
+        ref_read = Reading(ref_name, ref, unit)
+    return Verdict(
+        n.name,
+        Tri.of(op(value, factor * ref)),
+        f"{r.observation} {value:g} {r.op} {factor:g} x {ref_name} {ref:g} {unit}",
+        (read, ref_read),
+    )
+
+
+def _trend(ev: Evaluation, n: _Node) -> Verdict:
+    t: m.Trend = n.spec
+    hours, unit = n.args
+    points = ev.facts.window(t.observation, hours)
+    if len(points) < 2:
+        return _missing(
+            n.name,
+            f"{t.observation} (repeat within {hours:g} h for a trend)",
+            f"fewer than two {t.observation} values in {hours:g} h",
+        )
+    (t0, first), (t1, last) = points[0], points[-1]
+    if t.direction == "rising":
+        ok = last > first
+    elif t.direction == "falling":
+        ok = last < first
+    else:
+        ok = last >= first
+    return Verdict(
+        n.name,
+        Tri.of(ok),
+        f"{t.observation} {first:g} -> {last:g} {unit} over {hours:g} h "
+        f"({t.direction.replace('_', ' ')}: {'yes' if ok else 'no'})",
+        (Reading(t.observation, first, unit, t0), Reading(t.observation, last, unit, t1)),
+    )
+
+
+def _finding(ev: Evaluation, n: _Node) -> Verdict:
+    f: m.FindingTest = n.spec
+    (absent_unless_recorded,) = n.args
+    rec = ev.facts.findings.get(f.code)
+    if rec is None:
+        if absent_unless_recorded:
+            return Verdict(n.name, Tri.FALSE, f"{f.code} not recorded (counts as absent)")
+        return _missing(n.name, f"finding {f.code}", f"{f.code} not assessed")
+    at, present, grade = rec
+    shown: Any = False
+    if present:
+        shown = True if grade is None else f"present, grade {grade}"
+    read = (Reading(f.code, shown, None, at),)
+    if not present:
+        return Verdict(n.name, Tri.FALSE, f"{f.code} absent", read)
+    if f.min_grade is None:
+        return Verdict(n.name, Tri.TRUE, f"{f.code} present", read)
+    if grade is None:
+        return _missing(n.name, f"grade of {f.code}", f"{f.code} present, grade unknown", read)
+    ok = grade >= f.min_grade
+    return Verdict(
+        n.name,
+        Tri.of(ok),
+        f"{f.code} grade {grade} >= {f.min_grade}: {'yes' if ok else 'no'}",
+        read,
+    )
+
+
+def _grade(ev: Evaluation, n: _Node) -> Verdict:
+    gt: m.GradeTest = n.spec
+    (op,) = n.args
+    grades = ev.facts.grades[gt.of]
+    label = f"{gt.of.upper()} grade"
+    if not grades:
+        return _missing(n.name, f"{label} (assessment)", f"{label} not assessed")
+    at, latest = grades[-1]
+    read = Reading(f"{gt.of}_grade", latest, None, at)
+    if gt.peak:
+        peak = max(g for _, g in grades)
         return Verdict(
-            name,
-            Tri.of(ok),
-            f"{t.observation} {first:g} -> {last:g} {unit} over {hours:g} h "
-            f"({t.direction.replace('_', ' ')}: {'yes' if ok else 'no'})",
-            (Reading(t.observation, first, unit, t0), Reading(t.observation, last, unit, t1)),
+            n.name,
+            Tri.of(op(latest, peak)),
+            f"{label} {latest} {gt.op} peak {peak}",
+            (read, Reading(f"peak {gt.of}_grade", peak)),
         )
+    return Verdict(
+        n.name, Tri.of(op(latest, gt.value)), f"{label} {latest} {gt.op} {gt.value}", (read,)
+    )
 
-    def _finding(self, name: str, f: m.FindingTest) -> Verdict:
-        rec = self.facts.findings.get(f.code)
-        if rec is None:
-            if self.g.findings[f.code].unrecorded == "absent":
-                return Verdict(name, Tri.FALSE, f"{f.code} not recorded (counts as absent)")
-            return self._missing(name, f"finding {f.code}", f"{f.code} not assessed")
-        at, present, grade = rec
-        read = (
-            Reading(
-                f.code,
-                present if grade is None else f"present, grade {grade}" if present else False,
-                None,
-                at,
-            ),
+
+def _infection(ev: Evaluation, n: _Node) -> Verdict:
+    i: m.InfectionTest = n.spec
+    rec = ev.facts.infection
+    if rec is None:
+        return _missing(n.name, "infection status (assessment)", "infection not assessed")
+    return Verdict(
+        n.name,
+        Tri.of(rec[1] in i.status),
+        f"infection {rec[1]}",
+        (Reading("infection", rec[1], None, rec[0]),),
+    )
+
+
+def _assessed(ev: Evaluation, n: _Node) -> Verdict:
+    a: m.Assessed = n.spec
+    rec = ev.facts.antimicrobials
+    started = rec is not None and rec[1]
+    reads = (Reading("antimicrobials", rec[1], None, rec[0]),) if rec else ()
+    detail = "antimicrobials started" if started else "no antimicrobials recorded"
+    return Verdict(n.name, Tri.of(started == a.antimicrobials), detail, reads)
+
+
+def _response(ev: Evaluation, n: _Node) -> Verdict:
+    r: m.ResponseTest = n.spec
+    since = ev.facts.line_started_at
+    responses = ev.facts.responses
+    if not responses or responses[-1][0] < since:
+        return _missing(
+            n.name,
+            "response assessment on the current line",
+            "no response assessment since the line started",
         )
-        if not present:
-            return Verdict(name, Tri.FALSE, f"{f.code} absent", read)
-        if f.min_grade is None:
-            return Verdict(name, Tri.TRUE, f"{f.code} present", read)
-        if grade is None:
-            return self._missing(
-                name, f"grade of {f.code}", f"{f.code} present, grade unknown", read
-            )
-        ok = grade >= f.min_grade
+    at, kind = responses[-1]
+    return Verdict(
+        n.name,
+        Tri.of(kind in r.among),
+        f"latest response {kind}",
+        (Reading("response", kind, None, at),),
+    )
+
+
+def _risk(ev: Evaluation, n: _Node) -> Verdict:
+    r: m.RiskTest = n.spec
+    (need,) = n.args
+    factors = [f for f in ev.facts.risk_factors if not r.among or f in r.among]
+    return Verdict(
+        n.name,
+        Tri.of(len(factors) >= need),
+        f"{len(factors)} risk factor(s) (need {need:g}): {', '.join(factors) or 'none'}",
+        (Reading("risk_factors", factors),),
+    )
+
+
+def _duration(since: str, what: str, reading: str) -> Callable[[Evaluation, _Node], Verdict]:
+    def evaluate(ev: Evaluation, n: _Node) -> Verdict:
+        d: m.Duration = n.spec
+        op, limit = n.args
+        start: datetime = getattr(ev.facts, since)
+        hours = ev.facts.hours_since(start)
         return Verdict(
-            name,
-            Tri.of(ok),
-            f"{f.code} grade {grade} >= {f.min_grade}: {'yes' if ok else 'no'}",
-            read,
+            n.name,
+            Tri.of(op(hours, limit)),
+            f"{hours:g} h {what} {d.op} {limit:g} h",
+            (Reading(reading, round(hours, 3), "h", start),),
         )
 
-    def _grade(self, name: str, gt: m.GradeTest) -> Verdict:
-        grades = self.facts.grades[gt.of]
-        label = f"{gt.of.upper()} grade"
-        if not grades:
-            return self._missing(name, f"{label} (assessment)", f"{label} not assessed")
-        at, latest = grades[-1]
-        reads = [Reading(f"{gt.of}_grade", latest, None, at)]
-        if gt.peak:
-            peak = max(g for _, g in grades)
-            reads.append(Reading(f"peak {gt.of}_grade", peak))
-            ok = _OPS[gt.op](latest, peak)
-            return Verdict(name, Tri.of(ok), f"{label} {latest} {gt.op} peak {peak}", tuple(reads))
-        assert gt.value is not None
-        ok = _OPS[gt.op](latest, gt.value)
-        return Verdict(name, Tri.of(ok), f"{label} {latest} {gt.op} {gt.value}", tuple(reads))
-
-    def _infection(self, name: str, i: m.InfectionTest) -> Verdict:
-        rec = self.facts.infection
-        if rec is None:
-            return self._missing(name, "infection status (assessment)", "infection not assessed")
-        ok = rec[1] in i.status
-        return Verdict(
-            name, Tri.of(ok), f"infection {rec[1]}", (Reading("infection", rec[1], None, rec[0]),)
-        )
-
-    def _assessed(self, name: str, a: m.Assessed) -> Verdict:
-        rec = self.facts.antimicrobials
-        started = rec is not None and rec[1]
-        reads = (Reading("antimicrobials", rec[1], None, rec[0]),) if rec else ()
-        detail = "antimicrobials started" if started else "no antimicrobials recorded"
-        return Verdict(name, Tri.of(started == a.antimicrobials), detail, reads)
-
-    def _response(self, name: str, r: m.ResponseTest) -> Verdict:
-        since = self.facts.line_started_at
-        recent = [x for x in self.facts.responses if x[0] >= since]
-        if not recent:
-            return self._missing(
-                name,
-                "response assessment on the current line",
-                "no response assessment since the line started",
-            )
-        at, kind = recent[-1]
-        return Verdict(
-            name,
-            Tri.of(kind in r.among),
-            f"latest response {kind}",
-            (Reading("response", kind, None, at),),
-        )
-
-    def _risk(self, name: str, r: m.RiskTest) -> Verdict:
-        factors = [f for f in self.facts.risk_factors if not r.among or f in r.among]
-        need = self.g.param(r.at_least)
-        ok = len(factors) >= need
-        return Verdict(
-            name,
-            Tri.of(ok),
-            f"{len(factors)} risk factor(s) (need {need:g}): {', '.join(factors) or 'none'}",
-            (Reading("risk_factors", factors),),
-        )
-
-    def _time_on_line(self, name: str, d: m.Duration) -> Verdict:
-        hours = self.facts.hours_since(self.facts.line_started_at)
-        limit = self.g.param(d.hours)
-        ok = _OPS[d.op](hours, limit)
-        return Verdict(
-            name,
-            Tri.of(ok),
-            f"{hours:g} h on the current line {d.op} {limit:g} h",
-            (Reading("hours_on_line", round(hours, 3), "h", self.facts.line_started_at),),
-        )
-
-    def _time_since_infusion(self, name: str, d: m.Duration) -> Verdict:
-        hours = self.facts.hours_since(self.facts.infusion_at)
-        limit = self.g.param(d.hours)
-        ok = _OPS[d.op](hours, limit)
-        return Verdict(
-            name,
-            Tri.of(ok),
-            f"{hours:g} h since infusion {d.op} {limit:g} h",
-            (Reading("hours_since_infusion", round(hours, 3), "h", self.facts.infusion_at),),
-        )
-
-    def _missing(
-        self, name: str, what: str, detail: str, reads: tuple[Reading, ...] = ()
-    ) -> Verdict:
-        return Verdict(name, Tri.UNKNOWN, detail, reads, (what,))
-
-    # --- combinators -------------------------------------------------------------------------
-
-    def _combine(self, name: str, c: m.Criterion) -> Verdict:
-        children = c.children
-        verdicts = [self(n) for n in children]
-        values = [v.value for v in verdicts]
-        if c.all_of is not None:
-            value, op = _and(values), "all of"
-        elif c.any_of is not None:
-            value, op = _or(values), "any of"
-        elif c.not_ is not None:
-            value, op = values[0].negate(), "not"
-        else:
-            assert c.count_of is not None
-            k = c.count_of.at_least
-            t = values.count(Tri.TRUE)
-            u = values.count(Tri.UNKNOWN)
-            value = Tri.TRUE if t >= k else Tri.FALSE if t + u < k else Tri.UNKNOWN
-            op = f"at least {k} of"
-        missing: list[str] = []
-        if value is Tri.UNKNOWN:
-            for v in verdicts:
-                if v.value is Tri.UNKNOWN:
-                    missing.extend(x for x in v.missing if x not in missing)
-        summary = ", ".join(f"{n}={v.value.value}" for n, v in zip(children, verdicts, strict=True))
-        return Verdict(name, value, f"{op}: {summary}", (), tuple(missing), children)
+    return evaluate
 
 
-def _and(values: list[Tri]) -> Tri:
+def _combine(ev: Evaluation, n: _Node) -> Verdict:
+    kind = n.kind
+    verdicts: list[Verdict] = []
+    if kind in ("all_of", "any_of"):
+        # Short-circuit once decided: FALSE decides `all`, TRUE decides `any`. When the result
+        # is UNKNOWN nothing decided it, so every child was evaluated and names what is missing.
+        decisive = Tri.FALSE if kind == "all_of" else Tri.TRUE
+        for child in n.children:
+            v = ev(child)
+            verdicts.append(v)
+            if v.value is decisive:
+                break
+    else:
+        verdicts = [ev(c) for c in n.children]
+    values = tuple(v.value for v in verdicts)
+    if kind == "all_of":
+        value, op = _and(values), "all of"
+    elif kind == "any_of":
+        value, op = _or(values), "any of"
+    elif kind == "not_":
+        value, op = values[0].negate(), "not"
+    else:
+        k = n.spec.at_least
+        t = values.count(Tri.TRUE)
+        u = values.count(Tri.UNKNOWN)
+        value = Tri.TRUE if t >= k else Tri.FALSE if t + u < k else Tri.UNKNOWN
+        op = f"at least {k} of"
+    missing: tuple[str, ...] = ()
+    if value is Tri.UNKNOWN:
+        found: list[str] = []
+        for v in verdicts:
+            if v.value is Tri.UNKNOWN:
+                found.extend(x for x in v.missing if x not in found)
+        missing = tuple(found)
+    return Verdict(n.name, value, op, (), missing, n.children, values)
+
+
+_EVALUATORS: dict[str, Callable[[Evaluation, _Node], Verdict]] = {
+    "threshold": _threshold,
+    "ratio": _ratio,
+    "trend": _trend,
+    "finding": _finding,
+    "grade": _grade,
+    "infection": _infection,
+    "assessed": _assessed,
+    "response": _response,
+    "risk": _risk,
+    "time_on_line": _duration("line_started_at", "on the current line", "hours_on_line"),
+    "time_since_infusion": _duration("infusion_at", "since infusion", "hours_since_infusion"),
+    "all_of": _combine,
+    "any_of": _combine,
+    "not_": _combine,
+    "count_of": _combine,
+}
+
+
+def _and(values: Sequence[Tri]) -> Tri:
     if Tri.FALSE in values:
         return Tri.FALSE
     return Tri.UNKNOWN if Tri.UNKNOWN in values else Tri.TRUE
 
 
-def _or(values: list[Tri]) -> Tri:
+def _or(values: Sequence[Tri]) -> Tri:
     if Tri.TRUE in values:
         return Tri.TRUE
     return Tri.UNKNOWN if Tri.UNKNOWN in values else Tri.FALSE

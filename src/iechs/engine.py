@@ -10,12 +10,12 @@ recommendations in force. Time is always the events' time: nothing here reads th
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from .compiler import CompiledGuideline, TransitionRef, compile_guideline
-from .criteria import Evaluation, Facts, Tri
+from .criteria import CriteriaPlan, Evaluation, Facts, Tri
 from .decision import Alert, Decision, Deviation, GuardResult
 from .errors import EpisodeError, Problem
 from .loader import load_guideline
@@ -44,12 +44,26 @@ SNAPSHOT_FORMAT = "iechs.episode/1"
 TOCILIZUMAB = "tocilizumab"
 
 
-class Engine:
-    """Compiles a guideline once; starts and restores episodes that share it."""
+Runtime = Literal["statechart", "table"]
 
-    def __init__(self, guideline: Guideline | None = None) -> None:
+
+class Engine:
+    """Compiles a guideline once; starts and restores episodes that share it.
+
+    `runtime="statechart"` (the default and the reference semantics) sends each machine event
+    to a python-statemachine instance. `runtime="table"` takes the same transitions from a
+    compiled table (source, event) -> transitions in declaration order, first enabled guard
+    wins: the statechart's semantics for this flat chart, without its per-event cost. A
+    differential Hypothesis test holds the two to the same decisions, byte for byte.
+    """
+
+    def __init__(
+        self, guideline: Guideline | None = None, *, runtime: Runtime = "statechart"
+    ) -> None:
+        self.runtime = runtime
         self.guideline = guideline if guideline is not None else load_guideline()
         self.compiled: CompiledGuideline = compile_guideline(self.guideline)
+        self.plan = CriteriaPlan(self.guideline)
         g = self.guideline
         self.known_risk_factors = set(g.risk_factors)
         #: treatment line of each drug class: the line of the state its event leads to.
@@ -169,7 +183,8 @@ class Episode:
         self.episode_id = episode_id
         self.patient = patient
         self.facts = Facts(patient, engine.known_risk_factors)
-        self.machine = engine.compiled.chart()
+        self.machine = engine.compiled.chart() if engine.runtime == "statechart" else None
+        self._state = self.g.initial_state
         self.decisions: list[Decision] = []
         self.inputs: list[dict[str, Any]] = []
         self._last_at: datetime | None = None
@@ -184,7 +199,7 @@ class Episode:
 
     @property
     def state(self) -> str:
-        return str(next(iter(self.machine.configuration)).id)
+        return self._state
 
     @property
     def closed(self) -> bool:
@@ -218,12 +233,12 @@ class Episode:
         self.facts.now = at
         alerts = self._overdue(at)
         self._ingest(event)
-        evaluation = Evaluation(self.g, self.facts)
+        evaluation = Evaluation(self.engine.plan, self.facts)
         machine_event, inferred, indication = self._machine_event(event, evaluation)
         ctx = _StepContext(evaluation)
         if machine_event is not None:
-            self.machine.send(machine_event, ctx=ctx)
-        target = self.state
+            self._state = self._send(machine_event, ctx)
+        target = self._state
         fired = self._fired(state, target, machine_event, ctx.results)
         if fired is not None:
             self._enter(target, at)
@@ -264,7 +279,7 @@ class Episode:
         if to >= self.facts.infusion_at:
             self.facts.now = to
             alerts = self._overdue(to)
-            evaluation = Evaluation(self.g, self.facts)
+            evaluation = Evaluation(self.engine.plan, self.facts)
             alerts += self._escalation_due(to, evaluation)
             criteria = tuple(evaluation.verdicts.values())
         else:
@@ -297,7 +312,7 @@ class Episode:
 
     def _start(self) -> None:
         at = self.facts.infusion_at
-        evaluation = Evaluation(self.g, self.facts)
+        evaluation = Evaluation(self.engine.plan, self.facts)
         alerts: list[Alert] = []
         if "high_risk" in self.g.criteria:
             verdict = evaluation("high_risk")
@@ -415,6 +430,16 @@ class Episode:
                 "ICANS active and IEC-HS not suspected: treats ICANS (outside this guideline)"
             )
         return "other", "no IEC-HS, CRS or ICANS at this time"
+
+    def _send(self, machine_event: str, ctx: _StepContext) -> str:
+        if self.machine is not None:
+            self.machine.send(machine_event, ctx=ctx)
+            return str(next(iter(self.machine.configuration)).id)
+        for ref in self.engine.outgoing.get((self._state, machine_event), ()):
+            d = ref.definition
+            if not (d.when or d.unless) or ctx.check(ref):
+                return d.to
+        return self._state
 
     def _fired(
         self, source: str, target: str, machine_event: str | None, results: list[GuardResult]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable
+from typing import Any, Literal, get_args, get_origin
 
 import attrs
 import cattrs
@@ -28,10 +29,16 @@ __all__ = [
 _KEY_PATH = re.compile(r"\['([^'\]]*)'\]")
 
 
-def _format(exc: BaseException, type_: type | None) -> str:
-    # Our own hooks raise ValueError with a precise message: keep it. Otherwise cattrs' wording.
+def _format(exc: BaseException, type_: Any) -> str:
+    # Our own hooks raise ValueError with a precise message: keep it. Otherwise cattrs' wording,
+    # in plain words where it would speak Python (Literal choices).
     if type(exc) is ValueError and exc.args:
         return str(exc.args[0])
+    literals = [t for t in (type_, *get_args(type_)) if get_origin(t) is Literal]
+    if literals:
+        choices = ", ".join(repr(c) for c in get_args(literals[0]))
+        got = str(exc).split(" not in literal", 1)[0]
+        return f"expected one of {choices}, got {got!r}"
     return format_exception(exc, type_)
 
 
