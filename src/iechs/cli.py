@@ -24,7 +24,9 @@ EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
 #: Commands defined in their own modules: name -> module. Each such module defines `HELP` (one
 #: line), `configure(parser)` and `run(args) -> int`, and imports anything heavy inside `run`,
 #: so that building the parser (and `iechs --help`) stays fast.
-EXTERNAL_COMMANDS: dict[str, str] = {}
+EXTERNAL_COMMANDS: dict[str, str] = {
+    "audit": "iechs.audit.cli",
+}
 
 
 def examples_dir() -> Path:
@@ -57,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("timeline", help="timeline JSON file")
     p.add_argument("--guideline", help="guideline YAML (default: bundled iec-hs.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--store",
+        metavar="LOG",
+        help="record the decisions and the episode in an audit store (PATH.db or "
+        "postgresql://...); a stored episode is continued",
+    )
 
     p = sub.add_parser("verify", help="prove the guideline's safety properties over every path")
     p.add_argument("guideline", nargs="?", help="guideline YAML (default: bundled iec-hs.yaml)")
@@ -127,7 +135,12 @@ def _run(args: argparse.Namespace) -> int:
     from .report import print_run
 
     engine = _engine(args.guideline)
-    patient, (decisions, doc) = _run_one(engine, Path(args.timeline))
+    if args.store:  # record in an audit store; an episode already there is continued
+        from .audit.recorder import run_recorded
+
+        patient, (decisions, doc) = run_recorded(engine, Path(args.timeline), args.store)
+    else:
+        patient, (decisions, doc) = _run_one(engine, Path(args.timeline))
     if args.format == "json":
         _dump(doc)
     else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import operator
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -167,13 +166,15 @@ class Facts:
             return None
         return at, value
 
-    def window(self, code: str, hours: float) -> list[tuple[datetime, float]]:
+    def last_two(self, code: str, hours: float) -> list[tuple[datetime, float]]:
+        """The two most recent values, if both fall within `hours` before now."""
         s = self.series.get(code)
-        if not s:
+        if not s or len(s[0]) < 2:
             return []
         times, values = s
-        start = bisect_left(times, self.now.timestamp() - hours * 3600, key=lambda t: t.timestamp())
-        return list(zip(times[start:], values[start:], strict=True))
+        if (self.now - times[-2]).total_seconds() / 3600 > hours:
+            return []
+        return [(times[-2], values[-2]), (times[-1], values[-1])]
 
     def hours_since(self, t: datetime) -> float:
         return (self.now - t).total_seconds() / 3600
@@ -341,14 +342,16 @@ def _ratio(ev: Evaluation, n: _Node) -> Verdict:
 def _trend(ev: Evaluation, n: _Node) -> Verdict:
     t: m.Trend = n.spec
     hours, unit = n.args
-    points = ev.facts.window(t.observation, hours)
-    if len(points) < 2:
+    # The direction now: the latest value against the one before it (an older value from
+    # before a peak must not hide a fall).
+    points = ev.facts.last_two(t.observation, hours)
+    if not points:
         return _missing(
             n.name,
             f"{t.observation} (repeat within {hours:g} h for a trend)",
             f"fewer than two {t.observation} values in {hours:g} h",
         )
-    (t0, first), (t1, last) = points[0], points[-1]
+    (t0, first), (t1, last) = points
     if t.direction == "rising":
         ok = last > first
     elif t.direction == "falling":
@@ -358,7 +361,7 @@ def _trend(ev: Evaluation, n: _Node) -> Verdict:
     return Verdict(
         n.name,
         Tri.of(ok),
-        f"{t.observation} {first:g} -> {last:g} {unit} over {hours:g} h "
+        f"{t.observation} {first:g} -> {last:g} {unit} (last two values) "
         f"({t.direction.replace('_', ' ')}: {'yes' if ok else 'no'})",
         (Reading(t.observation, first, unit, t0), Reading(t.observation, last, unit, t1)),
     )

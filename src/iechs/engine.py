@@ -231,7 +231,8 @@ class Episode:
                 )
             )
         self.facts.now = at
-        alerts = self._overdue(at)
+        # Closing ends the duties: no "overdue" at the close itself.
+        alerts = [] if isinstance(event, CloseEvent) else self._overdue(at)
         self._ingest(event)
         evaluation = Evaluation(self.engine.plan, self.facts)
         machine_event, inferred, indication = self._machine_event(event, evaluation)
@@ -411,24 +412,31 @@ class Episode:
         return event_name, inferred, indication
 
     def _infer_indication(self, cls: str | None, evaluation: Evaluation) -> tuple[str, str]:
+        """DESIGN.md: drugs given while CRS or ICANS is active and IEC-HS criteria are not met
+        treat CRS/ICANS (outside this guideline); during IEC-HS treatment they treat IEC-HS."""
         if cls == "antimicrobial":
             return "infection", "antimicrobial drug"
         if cls is None:
             return "other", "drug not in the guideline's formulary"
         state = self.g.states[self.state]
-        if not state.initial and not state.final:
-            return "iec_hs", f"IEC-HS episode in progress ({self.state})"
+        if state.line is not None or (state.phase == "outcome" and not state.final):
+            return "iec_hs", f"IEC-HS treatment in progress ({self.state})"
         if (
             "iec_hs_identified" in self.g.criteria
             and evaluation("iec_hs_identified").value is Tri.TRUE
         ):
             return "iec_hs", "IEC-HS criteria met"
         if self.facts.crs_active():
-            return "crs", "CRS active and IEC-HS not suspected: treats CRS (outside this guideline)"
+            return (
+                "crs",
+                "CRS active and IEC-HS criteria not met: treats CRS (outside this guideline)",
+            )
         if self.facts.icans_active():
             return "icans", (
-                "ICANS active and IEC-HS not suspected: treats ICANS (outside this guideline)"
+                "ICANS active and IEC-HS criteria not met: treats ICANS (outside this guideline)"
             )
+        if state.phase == "diagnosis":
+            return "iec_hs", f"IEC-HS suspected ({self.state})"
         return "other", "no IEC-HS, CRS or ICANS at this time"
 
     def _send(self, machine_event: str, ctx: _StepContext) -> str:
