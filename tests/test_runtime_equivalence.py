@@ -97,12 +97,50 @@ def event_doc(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+#: An IEC-HS onset (CRS resolved, ferritin and LDH rising, AST > 5x ULN): random courses that
+#: start with it reach the treatment lines, so both runtimes are compared there too.
+ONSET: list[dict[str, Any]] = [
+    {
+        "kind": "assessment",
+        "crs_grade": 0,
+        "icans_grade": 0,
+        "infection": "none",
+        "antimicrobials": False,
+    },
+    {"kind": "observation", "code": "ferritin", "value": 4000, "unit": "ng/mL"},
+    {"kind": "observation", "code": "ldh", "value": 450, "unit": "U/L"},
+    {"kind": "observation", "code": "ferritin", "value": 12000, "unit": "ng/mL"},
+    {"kind": "observation", "code": "ldh", "value": 1200, "unit": "U/L"},
+    {"kind": "observation", "code": "ast", "value": 400, "unit": "U/L"},
+]
+
+
+def _treat(drug: str) -> dict[str, Any]:
+    return {"kind": "treatment", "drug": drug, "indication": "iec_hs"}
+
+
+WORSE: dict[str, Any] = {"kind": "response", "assessment": "worsening"}
+#: After the onset: each rung starts the next line (worsening allows escalation at once).
+LADDER: list[list[dict[str, Any]]] = [
+    [_treat("dexamethasone")],
+    [WORSE, _treat("anakinra")],
+    [WORSE, _treat("ruxolitinib")],
+    [WORSE, _treat("etoposide")],
+]
+
+
 @st.composite
 def timelines(draw: st.DrawFn) -> dict[str, Any]:
     docs = draw(st.lists(event_doc(), min_size=1, max_size=40))
-    gaps = draw(st.lists(st.integers(0, 30), min_size=len(docs), max_size=len(docs)))
+    # A coherent prefix (one hour apart) takes a share of the courses deep into the lines.
+    depth = draw(st.integers(0, len(LADDER) + 1))
+    prefix = ONSET + [doc for step in LADDER[: max(depth - 1, 0)] for doc in step]
+    prefix = prefix if depth else []
+    gaps = [1] * len(prefix) + draw(
+        st.lists(st.integers(0, 30), min_size=len(docs), max_size=len(docs))
+    )
     at, events = T0 + timedelta(days=draw(st.integers(0, 16))), []
-    for doc, gap in zip(docs, gaps, strict=True):
+    for doc, gap in zip(prefix + docs, gaps, strict=True):
         at += timedelta(hours=gap)
         events.append({"at": at.strftime("%Y-%m-%dT%H:%M:%SZ"), **doc})
     if draw(st.booleans()):
