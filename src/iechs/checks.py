@@ -191,7 +191,15 @@ def _check_leaf(g: m.Guideline, c: m.Criterion, path: str) -> list[Problem]:
                         f"{path}.threshold.unit",
                     )
                 )
-    for field in ("value", "factor", "within_hours", "window_hours", "hours", "at_least"):
+    for field in (
+        "value",
+        "factor",
+        "within_hours",
+        "window_hours",
+        "min_change_pct",
+        "hours",
+        "at_least",
+    ):
         value = getattr(spec, field, None)
         if isinstance(value, float | str) and not isinstance(spec, m.GradeTest):
             problems += _check_number(g, value, f"{path}.{c.kind}.{field}")

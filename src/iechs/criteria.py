@@ -248,7 +248,11 @@ class CriteriaPlan:
                 obs.unit,
             )
         if kind == "trend":
-            return (g.param(spec.window_hours), g.observations[spec.observation].unit)
+            return (
+                g.param(spec.window_hours),
+                g.observations[spec.observation].unit,
+                g.param(spec.min_change_pct) / 100,
+            )
         if kind == "finding":
             return (g.findings[spec.code].unrecorded == "absent",)
         if kind in ("time_on_line", "time_since_infusion"):
@@ -341,7 +345,7 @@ def _ratio(ev: Evaluation, n: _Node) -> Verdict:
 
 def _trend(ev: Evaluation, n: _Node) -> Verdict:
     t: m.Trend = n.spec
-    hours, unit = n.args
+    hours, unit, flat = n.args
     # The direction now: the latest value against the one before it (an older value from
     # before a peak must not hide a fall).
     points = ev.facts.last_two(t.observation, hours)
@@ -352,12 +356,13 @@ def _trend(ev: Evaluation, n: _Node) -> Verdict:
             f"fewer than two {t.observation} values in {hours:g} h",
         )
     (t0, first), (t1, last) = points
+    band = abs(first) * flat  # changes within the band are flat
     if t.direction == "rising":
-        ok = last > first
+        ok = last > first + band
     elif t.direction == "falling":
-        ok = last < first
+        ok = last < first - band
     else:
-        ok = last >= first
+        ok = last >= first - band
     return Verdict(
         n.name,
         Tri.of(ok),

@@ -159,9 +159,13 @@ class Ratio:
 
 @attrs.frozen(kw_only=True)
 class Trend:
+    """The latest value against the one before it (both within `window_hours`); a change
+    smaller than `min_change_pct` of the earlier value is flat."""
+
     observation: str
     direction: Literal["rising", "falling", "not_falling"]
     window_hours: Number
+    min_change_pct: Number = 0.0
 
 
 @attrs.frozen(kw_only=True)
