@@ -93,8 +93,15 @@ class Engine:
     def run(self, timeline: Timeline) -> Episode:
         """Start an episode and step every event of the timeline through it."""
         episode = self.start(timeline.patient)
-        for event in timeline.events:
-            episode.step(event)
+        for i, event in enumerate(timeline.events):
+            try:
+                episode.step(event)
+            except EpisodeError as exc:  # name the event as the file has it
+                where = timeline.positions[i] if timeline.positions else i
+                raise EpisodeError(
+                    [Problem(p.message, f"$.events[{where}]") for p in exc.problems],
+                    timeline.file,
+                ) from None
         return episode
 
     def restore(self, snapshot: Any, file: str | None = None) -> Episode:

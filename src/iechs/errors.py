@@ -34,6 +34,8 @@ def _format(exc: BaseException, type_: Any) -> str:
     # in plain words where it would speak Python (Literal choices).
     if type(exc) is ValueError and exc.args:
         return str(exc.args[0])
+    if isinstance(exc, AttributeError) and ("'keys'" in str(exc) or "'items'" in str(exc)):
+        return "expected an object"
     literals = [t for t in (type_, *get_args(type_)) if get_origin(t) is Literal]
     if literals:
         choices = ", ".join(repr(c) for c in get_args(literals[0]))

@@ -8,6 +8,7 @@ are sorted by time, stable for ties. Every problem names its JSON path, e.g. `$.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +142,9 @@ _EVENT_TYPES: dict[str, type[Any]] = {
 class Timeline:
     patient: Patient
     events: tuple[Event, ...]
+    #: where each event stood in the input (`$.events[i]`), for messages about it.
+    positions: tuple[int, ...] = ()
+    file: str | None = None
 
 
 def parse_time(value: Any) -> datetime:
@@ -152,11 +156,23 @@ def parse_time(value: Any) -> datetime:
         raise ValueError(f"not an ISO 8601 timestamp: {value!r}") from None
     if t.tzinfo is None or t.utcoffset() is None:
         raise ValueError(f"timestamp {value!r} has no time zone (add Z or an offset)")
-    return t.astimezone(UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp {value!r} is out of range") from None
 
 
 def format_time(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _shown(value: Any) -> str:
+    """A value as the JSON author wrote it, for messages (objects and lists by kind)."""
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return json.dumps(value) if isinstance(value, str | int | float | bool) else repr(value)
 
 
 def _make_converter() -> cattrs.Converter:
@@ -167,12 +183,25 @@ def _make_converter() -> cattrs.Converter:
             if isinstance(value, bool) and kind is not bool:
                 raise ValueError(f"expected {label}, got {value!r}")
             if kind is float and isinstance(value, int | float):
-                return float(value)
+                try:
+                    number = float(value)
+                except OverflowError:
+                    raise ValueError("the number is too large") from None
+                if not math.isfinite(number):
+                    raise ValueError(f"expected a finite number, got {value!r}")
+                return number
             if isinstance(value, kind):
                 return value
-            raise ValueError(f"expected {label}, got {value!r}")
+            raise ValueError(f"expected {label}, got {_shown(value)}")
 
         return hook
+
+    def texts(value: Any, _: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {_shown(value)}")
+        return tuple(conv.structure(v, str) for v in value)
+
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
 
     conv.register_structure_hook(str, strict(str, "text"))
     conv.register_structure_hook(bool, strict(bool, "true or false"))
@@ -319,8 +348,11 @@ def parse_timeline(data: Any, g: Guideline, file: str | None = None) -> Timeline
     events = [check_event(ev, g, f"$.events[{i}]", problems) for i, ev in enumerate(raw.events)]
     if problems:
         raise TimelineError(problems, file)
-    ordered = sorted(events, key=lambda e: e.at)  # sorted() is stable: ties keep input order
-    return Timeline(patient=patient, events=tuple(ordered))
+    # sorted() is stable: ties keep input order
+    order = sorted(range(len(events)), key=lambda i: events[i].at)
+    return Timeline(
+        patient=patient, events=tuple(events[i] for i in order), positions=tuple(order), file=file
+    )
 
 
 def _check_patient(p: Patient, g: Guideline, problems: list[Problem]) -> Patient:
