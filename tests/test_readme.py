@@ -37,3 +37,4 @@ def test_public_api_is_listed() -> None:
     } <= exported
     for name in exported:
         assert hasattr(iechs, name), name
+    assert exported == {*iechs._EXPORTS, "__version__"}  # lazy names and __all__ agree

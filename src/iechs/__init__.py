@@ -6,16 +6,51 @@ The public API (stable; see README.md):
 >>> engine = Engine(load_guideline())
 >>> engine.identity["id"]
 'iec-hs'
+
+Names are imported on first use (PEP 562), so that `iechs --help` does not pay for the engine.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .criteria import Tri, Verdict
-from .decision import Alert, Decision, Deviation, GuardResult, run_to_json
-from .engine import Engine, Episode
-from .errors import EpisodeError, GuidelineError, IechsError, Problem, TimelineError
-from .loader import default_guideline_path, load_guideline, parse_guideline
-from .model import Guideline
-from .timeline import Patient, Timeline, load_timeline, parse_event, parse_timeline
+
+if TYPE_CHECKING:
+    from .criteria import Tri, Verdict
+    from .decision import Alert, Decision, Deviation, GuardResult, run_to_json
+    from .engine import Engine, Episode
+    from .errors import EpisodeError, GuidelineError, IechsError, Problem, TimelineError
+    from .loader import default_guideline_path, load_guideline, parse_guideline
+    from .model import Guideline
+    from .timeline import Patient, Timeline, load_timeline, parse_event, parse_timeline
+
+_EXPORTS = {
+    "Alert": "decision",
+    "Decision": "decision",
+    "Deviation": "decision",
+    "Engine": "engine",
+    "Episode": "engine",
+    "EpisodeError": "errors",
+    "GuardResult": "decision",
+    "Guideline": "model",
+    "GuidelineError": "errors",
+    "IechsError": "errors",
+    "Patient": "timeline",
+    "Problem": "errors",
+    "Timeline": "timeline",
+    "TimelineError": "errors",
+    "Tri": "criteria",
+    "Verdict": "criteria",
+    "default_guideline_path": "loader",
+    "load_guideline": "loader",
+    "load_timeline": "timeline",
+    "parse_event": "timeline",
+    "parse_guideline": "loader",
+    "parse_timeline": "timeline",
+    "run_to_json": "decision",
+}
 
 __all__ = [
     "Alert",
@@ -43,3 +78,16 @@ __all__ = [
     "parse_timeline",
     "run_to_json",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iechs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
