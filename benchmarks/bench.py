@@ -68,10 +68,9 @@ def bare_statemachine() -> Callable[[], Any]:
                 {"target": target, "cond": (lambda to, _t=target: to == _t)}
             )
         states[sid] = {"initial": s.initial, "final": s.final, **({"on": on} if on else {})}
-    chart = create_machine_class_from_definition(
+    return create_machine_class_from_definition(
         "Bare", states=states, allow_event_without_transition=True
     )
-    return chart
 
 
 def pytransitions_machine() -> Callable[[], Any]:
@@ -79,15 +78,25 @@ def pytransitions_machine() -> Callable[[], Any]:
 
     g = load_guideline()
     spec = [
-        {"trigger": t.event, "source": sid, "dest": t.to,
-         "conditions": (lambda ev, _t=t.to: ev.kwargs["to"] == _t)}
-        for sid, s in g.states.items() for t in s.transitions
+        {
+            "trigger": t.event,
+            "source": sid,
+            "dest": t.to,
+            "conditions": (lambda ev, _t=t.to: ev.kwargs["to"] == _t),
+        }
+        for sid, s in g.states.items()
+        for t in s.transitions
     ]
 
     def make() -> Any:
-        model = Machine(states=list(g.states), transitions=spec, initial=g.initial_state,
-                        auto_transitions=False, send_event=True, ignore_invalid_triggers=True)
-        return model
+        return Machine(
+            states=list(g.states),
+            transitions=spec,
+            initial=g.initial_state,
+            auto_transitions=False,
+            send_event=True,
+            ignore_invalid_triggers=True,
+        )
 
     return make
 
@@ -145,14 +154,22 @@ def command_seconds(args: list[str], repeat: int = 5) -> float:
     return statistics.median(runs)
 
 
-def verify_figures() -> tuple[float, float]:
-    code = ("import resource, time; from iechs import load_guideline; "
-            "from iechs.verify import verify; g = load_guideline(structural=False); "
-            "t = time.perf_counter(); r = verify(g); s = time.perf_counter() - t; "
-            "print(s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True).stdout.split()
-    return float(out[0]), float(out[1]) / 1024
+def verify_figures() -> tuple[float, float, float]:
+    """Seconds, peak Python allocation of the proof (MiB) and peak RSS of the process (MiB).
+
+    The RSS is VmHWM from /proc (reset at exec; ru_maxrss would report the parent's peak)."""
+    code = (
+        "import time, tracemalloc; from iechs import load_guideline; "
+        "from iechs.verify import verify; g = load_guideline(structural=False); "
+        "tracemalloc.start(); t = time.perf_counter(); r = verify(g); "
+        "s = time.perf_counter() - t; peak = tracemalloc.get_traced_memory()[1]; "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+        "print(s, peak, hwm.split()[1])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split()
+    return float(out[0]), float(out[1]) / 2**20, float(out[2]) / 1024
 
 
 def main() -> None:
@@ -183,20 +200,34 @@ def main() -> None:
     lat_pyt = latency_baseline(pyt, "trigger", sample_traces)
     for q, label in ((0.5, "p50"), (0.99, "p99")):
         base = percentile(lat_bare, q)
-        row(f"step latency {label}, statechart runtime", percentile(lat_sc, q), "us", base,
-            "bare p-s-m")
-        row(f"step latency {label}, table runtime", percentile(lat_tb, q), "us", base,
-            "bare p-s-m")
-        row(f"step latency {label}, pytransitions baseline", percentile(lat_pyt, q), "us",
-            base, "bare p-s-m")
+        row(
+            f"step latency {label}, statechart runtime",
+            percentile(lat_sc, q),
+            "us",
+            base,
+            "bare p-s-m",
+        )
+        row(f"step latency {label}, table runtime", percentile(lat_tb, q), "us", base, "bare p-s-m")
+        row(
+            f"step latency {label}, pytransitions baseline",
+            percentile(lat_pyt, q),
+            "us",
+            base,
+            "bare p-s-m",
+        )
     try:
         from iechs.audit import bench_hooks  # type: ignore[attr-defined]
     except ImportError:
         bench_hooks = None
     if bench_hooks is not None:
         lat_audit = bench_hooks.latency_with_audit(table, sample)
-        row("step latency p50, table + SQLite audit log", percentile(lat_audit, 0.5), "us",
-            percentile(lat_tb, 0.5), "no log")
+        row(
+            "step latency p50, table + SQLite audit log",
+            percentile(lat_audit, 0.5),
+            "us",
+            percentile(lat_tb, 0.5),
+            "no log",
+        )
 
     timelines = cohort(args.patients, args.seed)
     n_events = sum(len(t.events) for t in timelines)
@@ -206,12 +237,23 @@ def main() -> None:
     t_bare = timed(lambda: [run_bare(bare, tr) for tr in all_traces])
     t_pyt = timed(lambda: [run_pytransitions(pyt, tr) for tr in all_traces])
     n = len(timelines)
-    row("cohort, 1 process, table runtime (episodes/s)", n / t_table, "/s", n / t_bare,
-        "bare p-s-m")
-    row("cohort, 1 process, statechart runtime (episodes/s)", n / t_sc, "/s", n / t_bare,
-        "bare p-s-m")
-    row("cohort, 1 process, pytransitions baseline (episodes/s)", n / t_pyt, "/s", n / t_bare,
-        "bare p-s-m")
+    row(
+        "cohort, 1 process, table runtime (episodes/s)", n / t_table, "/s", n / t_bare, "bare p-s-m"
+    )
+    row(
+        "cohort, 1 process, statechart runtime (episodes/s)",
+        n / t_sc,
+        "/s",
+        n / t_bare,
+        "bare p-s-m",
+    )
+    row(
+        "cohort, 1 process, pytransitions baseline (episodes/s)",
+        n / t_pyt,
+        "/s",
+        n / t_bare,
+        "bare p-s-m",
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "cohort.jsonl"
@@ -220,28 +262,39 @@ def main() -> None:
                 doc.pop("course")
                 fh.write(json.dumps(doc) + "\n")
         cli = [sys.executable, "-m", "iechs", "replay-cohort", str(src), "--no-progress"]
-        one = timed(lambda: subprocess.run([*cli, "--workers", "1", "--out",
-                                            str(Path(tmp) / "r1.jsonl")], check=True,
-                                           capture_output=True))
-        two = timed(lambda: subprocess.run([*cli, "--workers", "2", "--out",
-                                            str(Path(tmp) / "r2.jsonl")], check=True,
-                                           capture_output=True))
+        one = timed(
+            lambda: subprocess.run(
+                [*cli, "--workers", "1", "--out", str(Path(tmp) / "r1.jsonl")],
+                check=True,
+                capture_output=True,
+            )
+        )
+        two = timed(
+            lambda: subprocess.run(
+                [*cli, "--workers", "2", "--out", str(Path(tmp) / "r2.jsonl")],
+                check=True,
+                capture_output=True,
+            )
+        )
         same = (Path(tmp) / "r1.jsonl").read_bytes() == (Path(tmp) / "r2.jsonl").read_bytes()
-    row(f"replay-cohort {n} patients, parse + decide, 2 workers (s)", two, "s", one,
-        "1 worker")
+    row(f"replay-cohort {n} patients, parse + decide, 2 workers (s)", two, "s", one, "1 worker")
 
-    v_seconds, v_mib = verify_figures()
+    v_seconds, v_alloc, v_rss = verify_figures()
     row("iechs verify, bundled guideline (ms)", v_seconds * 1000, "ms", None, "")
-    row("iechs verify, peak RSS (MiB)", v_mib, "MiB", None, "")
+    row("iechs verify, peak allocation of the proof (MiB)", v_alloc, "MiB", None, "")
+    row("iechs verify, peak RSS of the process (MiB)", v_rss, "MiB", None, "")
     bare_python = command_seconds([sys.executable, "-c", "pass"])
     imp = command_seconds([sys.executable, "-c", "import iechs"]) - bare_python
     helps = command_seconds([sys.executable, "-m", "iechs", "--help"])
     row("import iechs (ms, beyond python start-up)", imp * 1000, "ms", None, "")
-    row("iechs --help (ms, whole process)", helps * 1000, "ms", bare_python * 1000,
-        "python -c pass")
+    row(
+        "iechs --help (ms, whole process)", helps * 1000, "ms", bare_python * 1000, "python -c pass"
+    )
 
-    print(f"iechs benchmarks — {n} patients, {n_events} events "
-          f"({n_events / n:.1f} per patient), seed {args.seed}, {os.cpu_count()} cores")
+    print(
+        f"iechs benchmarks — {n} patients, {n_events} events "
+        f"({n_events / n:.1f} per patient), seed {args.seed}, {os.cpu_count()} cores"
+    )
     width = max(len(r[0]) for r in rows)
     print(f"{'figure':<{width}}  {'value':>12}  {'baseline':>12}  ratio")
     for name, value, base, ratio in rows:
