@@ -402,6 +402,10 @@ def load_timeline(path: str | Path, g: Guideline) -> Timeline:
             ],
             shown,
         ) from None
+    if isinstance(data, Mapping) and data.get("resourceType") == "Bundle":
+        from .fhir.input import bundle_to_timeline  # noqa: PLC0415 - FHIR is loaded only when used
+
+        return bundle_to_timeline(data, g, shown)
     return parse_timeline(data, g, shown)
 
 
