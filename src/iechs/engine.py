@@ -15,7 +15,7 @@ from typing import Any, Literal
 import attrs
 
 from .compiler import CompiledGuideline, TransitionRef, compile_guideline
-from .criteria import CriteriaPlan, Evaluation, Facts, Tri
+from .criteria import CriteriaPlan, Evaluation, Facts, Tri, Verdict
 from .decision import Alert, Decision, Deviation, GuardResult
 from .errors import EpisodeError, Problem
 from .loader import load_guideline
@@ -227,16 +227,7 @@ class Episode:
             if isinstance(event, ObservationEvent):
                 assert event.code is not None
                 self.facts.add_observation(event.code, at, event.value)
-            return self._record(
-                Decision(
-                    step=len(self.decisions),
-                    at=at,
-                    event=ev_json,
-                    source=state,
-                    target=state,
-                    recommendations=self._recs(state),
-                )
-            )
+            return self._unchanged(at, ev_json)
         self.facts.now = at
         # Closing ends the duties: no "overdue" at the close itself.
         alerts = [] if isinstance(event, CloseEvent) else self._overdue(at)
@@ -282,7 +273,6 @@ class Episode:
         """What is due at time `to` (no new clinical data): time-based alerts only."""
         self._check_time(to, "advance")
         self.inputs.append({"kind": "advance", "at": format_time(to)})
-        state = self.state
         alerts: list[Alert] = []
         if to >= self.facts.infusion_at:
             self.facts.now = to
@@ -292,18 +282,7 @@ class Episode:
             criteria = tuple(evaluation.verdicts.values())
         else:
             criteria = ()
-        return self._record(
-            Decision(
-                step=len(self.decisions),
-                at=to,
-                event={"kind": "advance", "at": format_time(to)},
-                source=state,
-                target=state,
-                criteria=criteria,
-                recommendations=self._recs(state),
-                alerts=tuple(alerts),
-            )
-        )
+        return self._unchanged(to, {"kind": "advance", "at": format_time(to)}, criteria, alerts)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready saved episode; `Engine.restore` continues it exactly."""
@@ -345,6 +324,28 @@ class Episode:
                 criteria=tuple(evaluation.verdicts.values()),
                 recommendations=self._recs(state),
                 alerts=tuple(alerts),
+            )
+        )
+
+    def _unchanged(
+        self,
+        at: datetime,
+        event: dict[str, Any],
+        criteria: tuple[Verdict, ...] = (),
+        alerts: list[Alert] | None = None,
+    ) -> Decision:
+        """A decision that moves nothing: a baseline value, or time passing."""
+        state = self.state
+        return self._record(
+            Decision(
+                step=len(self.decisions),
+                at=at,
+                event=event,
+                source=state,
+                target=state,
+                criteria=criteria,
+                recommendations=self._recs(state),
+                alerts=tuple(alerts or ()),
             )
         )
 
