@@ -73,3 +73,21 @@ def test_module_entry_point_and_version() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.startswith("iechs 0.1.0")
+
+
+def test_cli_start_up_loads_no_engine() -> None:
+    # `iechs --help` must stay fast: building the parser imports no engine, loader or renderer.
+    code = (
+        "import sys, iechs.cli; iechs.cli._parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith(('iechs.', 'statemachine', "
+        "'cattrs', 'yaml', 'rich', 'pygraphviz', 'fhir'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = eval(done.stdout)  # a list literal printed by the child
+    heavy = [
+        m
+        for m in loaded
+        if m.split(".")[0] != "iechs"
+        or m in ("iechs.engine", "iechs.loader", "iechs.criteria", "iechs.timeline", "iechs.verify")
+    ]
+    assert heavy == []

@@ -26,6 +26,12 @@ EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
 #: so that building the parser (and `iechs --help`) stays fast.
 EXTERNAL_COMMANDS: dict[str, str] = {
     "audit": "iechs.audit.cli",
+    "diagram": "iechs.diagram.commands.diagram",
+    "review": "iechs.diagram.commands.review",
+    "export": "iechs.diagram.commands.export",
+    "diff": "iechs.diagram.commands.diff",
+    "replay-cohort": "iechs.cohort",
+    "synth": "iechs.synthetic",
 }
 
 

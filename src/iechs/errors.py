@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, get_args, get_origin
 
 import attrs
-import cattrs
-from cattrs.v import format_exception
 
 __all__ = [
     "EpisodeError",
@@ -41,6 +39,8 @@ def _format(exc: BaseException, type_: Any) -> str:
         choices = ", ".join(repr(c) for c in get_args(literals[0]))
         got = str(exc).split(" not in literal", 1)[0]
         return f"expected one of {choices}, got {got!r}"
+    from cattrs.v import format_exception  # noqa: PLC0415 - keeps `iechs --help` light
+
     return format_exception(exc, type_)
 
 
@@ -48,6 +48,8 @@ def structuring_problems(
     exc: Exception, root: str = "$", rename: Callable[[str], str] = lambda p: p
 ) -> list[Problem]:
     """Turn a cattrs structuring failure into Problems (`$.events[3].value`-style paths)."""
+    import cattrs  # noqa: PLC0415 - keeps `iechs --help` light
+
     problems = []
     for msg in cattrs.transform_error(exc, path=root, format_exception=_format):
         text, _, path = msg.rpartition(" @ ")
