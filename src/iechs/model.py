@@ -7,7 +7,7 @@ keyword or builtin (`class`, `all`, `any`, `not`, `in`) the loader renames it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
 
@@ -64,6 +64,21 @@ class Citable:
 
     cite: tuple[str, ...] = ()
     verified: bool = False
+
+
+class OneKind:
+    """A definition that is exactly one of several kinds, each an optional field (the loader
+    checks that exactly one is set)."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in self.KINDS if getattr(self, k) is not None)
+
+    @property
+    def kind(self) -> str:
+        return self.kinds[0]
 
 
 @attrs.frozen(kw_only=True)
@@ -241,7 +256,7 @@ ALL_CRITERION_KINDS = (
 
 
 @attrs.frozen(kw_only=True)
-class Criterion(Citable):
+class Criterion(Citable, OneKind):
     """A named predicate. Exactly one of the kind fields is set (checked by the loader)."""
 
     description: str
@@ -262,13 +277,7 @@ class Criterion(Citable):
     not_: str | None = None
     count_of: CountOf | None = None
 
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(k for k in ALL_CRITERION_KINDS if getattr(self, k) is not None)
-
-    @property
-    def kind(self) -> str:
-        return self.kinds[0]
+    KINDS: ClassVar[tuple[str, ...]] = ALL_CRITERION_KINDS
 
     @property
     def children(self) -> tuple[str, ...]:
@@ -407,7 +416,7 @@ PROPERTY_KINDS = (
 
 
 @attrs.frozen(kw_only=True)
-class SafetyProperty(Citable):
+class SafetyProperty(Citable, OneKind):
     """A property the verifier proves over every path. Exactly one kind field is set."""
 
     description: str
@@ -421,13 +430,7 @@ class SafetyProperty(Citable):
     cites: Cites | None = None
     deterministic: bool | None = None
 
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(k for k in PROPERTY_KINDS if getattr(self, k) is not None)
-
-    @property
-    def kind(self) -> str:
-        return self.kinds[0]
+    KINDS: ClassVar[tuple[str, ...]] = PROPERTY_KINDS
 
 
 @attrs.frozen(kw_only=True)
