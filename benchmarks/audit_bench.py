@@ -14,6 +14,7 @@ Records are real decisions: the bundled example timelines, run again under new e
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -51,12 +52,13 @@ def renamed(source: list[RecordDraft], count: int, tag: str) -> list[RecordDraft
 
 
 def rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:>10,.0f} records/s  ({count} records in {seconds:.2f} s)"
+    return f"{count / seconds:>8,.0f} records/s  ({count} records in {seconds:.2f} s)"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=2000, help="records per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--dir", help="where to put the store (default: a temporary directory)")
     args = parser.parse_args()
     engine = Engine(load_guideline())
@@ -64,24 +66,29 @@ def main() -> int:
     n = args.records
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         db = Path(tmp) / "bench.db"
+        one_each: list[float] = []
+        in_batches: list[float] = []
         with SqliteStore(db, create=True) as store:
-            single = renamed(source, n, "s")
-            started = time.perf_counter()
-            for draft in single:
-                store.append([draft])
-            one_each = time.perf_counter() - started
+            for run in range(args.repeat):
+                single = renamed(source, n, f"s{run}-")
+                started = time.perf_counter()
+                for draft in single:
+                    store.append([draft])
+                one_each.append(time.perf_counter() - started)
 
-            batched = renamed(source, n * 10, "b")
-            started = time.perf_counter()
-            for i in range(0, len(batched), 100):
-                store.append(batched[i : i + 100])
-            in_batches = time.perf_counter() - started
+                batched = renamed(source, n * 10, f"b{run}-")
+                started = time.perf_counter()
+                for i in range(0, len(batched), 100):
+                    store.append(batched[i : i + 100])
+                in_batches.append(time.perf_counter() - started)
 
         with SqliteStore(db) as store:
-            started = time.perf_counter()
-            verification = verify_log(store)
-            verifying = time.perf_counter() - started
-            assert verification.ok, verification.findings
+            verifying: list[float] = []
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                verification = verify_log(store)
+                verifying.append(time.perf_counter() - started)
+                assert verification.ok, verification.findings
             total = verification.count
 
             started = time.perf_counter()
@@ -93,10 +100,11 @@ def main() -> int:
     avg = sum(len(d.seal(1, GENESIS).body.encode("utf-8")) for d in source) // len(source)
     sys.stdout.write(
         f"SQLite store, durable (WAL, synchronous=FULL), records of ~{avg / 1000:.1f} kB\n"
-        f"append, 1 record per transaction:   {rate(n, one_each)}\n"
-        f"append, 100 records per transaction: {rate(n * 10, in_batches)}\n"
-        f"verify (hash + link every record):  {rate(total, verifying)}\n"
-        f"replay (re-decide every record):    {rate(total, replaying)}\n"
+        f"median of {args.repeat} runs (each run appends {n} + {n * 10} records)\n"
+        f"append, 1 record per transaction:    {rate(n, statistics.median(one_each))}\n"
+        f"append, 100 records per transaction: {rate(n * 10, statistics.median(in_batches))}\n"
+        f"verify (hash + link every record):   {rate(total, statistics.median(verifying))}\n"
+        f"replay (re-decide every record):     {rate(total, replaying)}\n"
         f"store size: {size / 1e6:.1f} MB for {total} records\n"
     )
     return 0

@@ -1,0 +1,287 @@
+"""Verifying a log: every record matches its hash and links to the one before, in order.
+
+The walk stops at the first bad record and says what is wrong with it:
+
+| kind | what was found |
+|---|---|
+| `altered` | a record's content does not match its hash (or is not a record at all) |
+| `broken_link` | a record does not link to the one before (that one altered and rehashed) |
+| `missing` | a record is absent: the sequence jumps over it |
+| `reordered` | a record is stored before one with a lower number |
+| `duplicated` | a record number appears twice |
+| `forged_tail` | records past the head the store recorded: appended behind the log's back |
+| `truncated` | the log ends before the store's head or the checkpoint's record |
+| `rewritten` | the record a head or checkpoint vouches for hashes otherwise: chain rewritten |
+| `checkpoint` | the checkpoint is for another store, or its signature does not hold |
+
+Without a checkpoint, a chain rewritten from an edit to its end (head included) is
+indistinguishable from a genuine one; a checkpoint signed before the edit catches it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .checkpoint import Checkpoint, key_id
+from .records import GENESIS, AuditRecord, canonical, parse_record, sha256_hex
+from .stores import Head, Log, StoredRecord
+
+__all__ = ["Finding", "Verification", "read_record", "verify_log"]
+
+
+@attrs.frozen
+class Finding:
+    """What is wrong, at which record (`seq`, when it can be named)."""
+
+    kind: str
+    seq: int | None
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "seq": self.seq, "message": self.message}
+
+
+@attrs.frozen(kw_only=True)
+class Verification:
+    location: str
+    store_id: str
+    count: int
+    head: Head
+    head_at: str | None
+    findings: tuple[Finding, ...]
+    #: what the checkpoint vouched for, when one was given: seq, key id, trusted or embedded.
+    checkpoint: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": "iechs.audit-verification/1",
+            "log": self.location,
+            "store_id": self.store_id,
+            "ok": self.ok,
+            "records": self.count,
+            "head": self.head.to_json(),
+            "findings": [f.to_json() for f in self.findings],
+            "checkpoint": self.checkpoint,
+        }
+
+
+def read_record(item: StoredRecord) -> tuple[AuditRecord | None, str | None]:
+    """Parse and check one stored record: the record, or why it is not a sound one."""
+    record, _, defect = _read(item)
+    return record, defect
+
+
+def _read(item: StoredRecord) -> tuple[AuditRecord | None, str, str | None]:
+    """`read_record`, with the hash of the body (computed once: it is the costly part)."""
+    digest = sha256_hex(item.body)
+    if item.defect is not None:
+        return None, digest, item.defect
+    try:
+        content = json.loads(item.body)
+    except ValueError as exc:
+        return None, digest, f"its content is not JSON ({exc})"
+    try:
+        record = parse_record(content)
+    except ValueError as exc:
+        return None, digest, f"its content is not a valid record ({exc})"
+    try:
+        if canonical(content) != item.body:
+            return record, digest, "its content is not in canonical form (it was edited)"
+    except ValueError:
+        return record, digest, "its content is not plain JSON"
+    if item.hash is not None and digest != item.hash:
+        return record, digest, "its content does not match its stored hash"
+    return record, digest, None
+
+
+def _index_problem(item: StoredRecord, record: AuditRecord) -> str | None:
+    """The index columns beside a sound record disagree with its content."""
+    if item.seq is not None and item.seq != record.seq:
+        return f"it is indexed as record {item.seq} but its content says {record.seq}"
+    if item.episode is not None and item.episode != record.episode:
+        return (
+            f"it is indexed under episode {item.episode!r} but its content says {record.episode!r}"
+        )
+    return None
+
+
+def _seq_of(item: StoredRecord) -> int | None:
+    try:
+        seq = json.loads(item.body).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) else None
+
+
+def _out_of_sequence(expected: int, got: int, later: Iterator[StoredRecord]) -> Finding:
+    if got < expected:
+        return Finding("duplicated", got, f"record {got} appears again after record {expected - 1}")
+    rest = {_seq_of(item) for item in later}
+    if expected in rest:
+        return Finding(
+            "reordered",
+            got,
+            f"records are out of order: record {got} is stored before record {expected}",
+        )
+    gone = f"record {expected} is" if got == expected + 1 else f"records {expected}-{got - 1} are"
+    return Finding(
+        "missing",
+        expected,
+        f"{gone} missing: the log goes from record {expected - 1} to record {got}",
+    )
+
+
+def verify_log(
+    log: Log,
+    checkpoint: Checkpoint | None = None,
+    trusted_key: Ed25519PublicKey | None = None,
+) -> Verification:
+    """Walk the chain; compare it with the store's head and, when given, a signed checkpoint."""
+    findings: list[Finding] = []
+    expected, prev, last_at = 1, GENESIS, None
+    checkpointed: str | None = None
+    with log.reading() as view:
+        store_id, head = view.store_id, view.head
+        items = view.records()
+        for item in items:
+            record, digest, defect = _read(item)
+            if record is None:
+                findings.append(
+                    Finding("altered", expected, f"record {expected} ({item.where}): {defect}")
+                )
+                break
+            if defect is not None:
+                # The body is not to be trusted: name the record by where it is stored.
+                where = (
+                    record.where()
+                    if record.seq == expected
+                    else f"record {expected} ({item.where}; its altered body claims {record.seq})"
+                )
+                findings.append(Finding("altered", expected, f"{where}: {defect}"))
+                break
+            if record.seq != expected:
+                findings.append(_out_of_sequence(expected, record.seq, items))
+                break
+            defect = _index_problem(item, record)
+            if defect is not None:
+                findings.append(Finding("altered", record.seq, f"{record.where()}: {defect}"))
+                break
+            if record.prev != prev:
+                findings.append(
+                    Finding(
+                        "broken_link",
+                        record.seq,
+                        f"{record.where()} does not link to record {record.seq - 1}: it names "
+                        f"{record.prev[:16]}…, record {record.seq - 1} hashes to {prev[:16]}…; "
+                        f"record {record.seq - 1} was altered and rehashed, or record "
+                        f"{record.seq} was forged",
+                    )
+                )
+                break
+            # The body is canonical (checked above), so its hash is the record's hash.
+            prev, last_at = digest, record.at
+            if checkpoint is not None and record.seq == checkpoint.seq:
+                checkpointed = digest
+            expected += 1
+    count = expected - 1
+    if not findings and head is not None:
+        findings += _head_findings(head, count, prev)
+    cp_info = None
+    if checkpoint is not None:
+        cp_info = {
+            "seq": checkpoint.seq,
+            "head": checkpoint.head,
+            "key_id": checkpoint.key_id,
+            "trusted_key": None if trusted_key is None else key_id(trusted_key),
+        }
+        if not findings:
+            findings += _checkpoint_findings(checkpoint, trusted_key, store_id, count, checkpointed)
+    return Verification(
+        location=log.location,
+        store_id=store_id,
+        count=count,
+        head=Head(count, prev),
+        head_at=last_at,
+        findings=tuple(findings),
+        checkpoint=cp_info,
+    )
+
+
+def _head_findings(head: Head, count: int, last_hash: str) -> list[Finding]:
+    if head.seq < count:
+        return [
+            Finding(
+                "forged_tail",
+                head.seq + 1,
+                f"records {head.seq + 1}-{count} lie past the head the store recorded (record "
+                f"{head.seq}): they were added behind the log's back",
+            )
+        ]
+    if head.seq > count:
+        return [
+            Finding(
+                "truncated",
+                count + 1,
+                f"the log ends at record {count} but the store's head is record {head.seq}: "
+                f"records {count + 1}-{head.seq} were cut off",
+            )
+        ]
+    if head.hash != last_hash:
+        return [
+            Finding(
+                "rewritten",
+                count,
+                f"record {count} hashes to {last_hash[:16]}… but the store's head says "
+                f"{head.hash[:16]}…: the last record was rewritten",
+            )
+        ]
+    return []
+
+
+def _checkpoint_findings(
+    checkpoint: Checkpoint,
+    trusted_key: Ed25519PublicKey | None,
+    store_id: str,
+    count: int,
+    checkpointed: str | None,
+) -> list[Finding]:
+    why = checkpoint.signature_problem(trusted_key)
+    if why is not None:
+        return [Finding("checkpoint", None, why)]
+    if checkpoint.store_id != store_id:
+        return [
+            Finding(
+                "checkpoint",
+                None,
+                f"the checkpoint is for store {checkpoint.store_id}, this log is store {store_id}",
+            )
+        ]
+    if count < checkpoint.seq:
+        return [
+            Finding(
+                "truncated",
+                count + 1,
+                f"the log ends at record {count} but the signed checkpoint vouches for "
+                f"{checkpoint.count} records: records {count + 1}-{checkpoint.seq} were cut off",
+            )
+        ]
+    if checkpoint.seq > 0 and checkpointed != checkpoint.head:
+        return [
+            Finding(
+                "rewritten",
+                checkpoint.seq,
+                f"record {checkpoint.seq} hashes to {(checkpointed or '')[:16]}… but the signed "
+                f"checkpoint says {checkpoint.head[:16]}…: the chain was rewritten at or before "
+                f"record {checkpoint.seq} (every hash after the edit recomputed)",
+            )
+        ]
+    return []

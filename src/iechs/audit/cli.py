@@ -1,0 +1,77 @@
+"""`iechs audit`: verify, replay, show, export, import and checkpoint a transition log.
+
+Registered in `iechs.cli.EXTERNAL_COMMANDS`. This module stays light (argparse only) so that
+`iechs --help` is fast; the commands themselves live in `iechs.audit.commands`.
+
+LOG is a SQLite store (`PATH.db`), a PostgreSQL store (`postgresql://...`) or a JSON Lines
+export (`.jsonl`); `--store LOG` says the same. Exit codes: 0 intact / same; 1 tampering or a
+differing decision found; 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+__all__ = ["HELP", "configure", "run"]
+
+HELP = "verify, replay, show, export and checkpoint the tamper-evident transition log"
+
+
+def _log_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", nargs="?", metavar="LOG", help="PATH.db, postgresql://... or .jsonl")
+    p.add_argument("--store", metavar="LOG", help="the same as LOG (as `iechs run --store`)")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    p = sub.add_parser("verify", help="check every record's hash and link; exit 1 on tampering")
+    _log_arguments(p)
+    p.add_argument("--checkpoint", metavar="C.json", help="a signed checkpoint to check against")
+    p.add_argument(
+        "--public-key",
+        metavar="KEY.pub.pem",
+        help="the signer's public key (default: trust the key embedded in the checkpoint)",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("replay", help="re-run the logged events; exit 1 if a decision differs")
+    _log_arguments(p)
+    p.add_argument(
+        "--guideline",
+        action="append",
+        default=[],
+        metavar="G.yaml",
+        help="a guideline the log may name by sha256 (repeatable; the bundled one is tried too)",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("show", help="print the log as a readable timeline")
+    _log_arguments(p)
+    p.add_argument("--episode", help="only this episode")
+
+    p = sub.add_parser("export", help="write the log as JSON Lines or as FHIR R4 resources")
+    _log_arguments(p)
+    p.add_argument("--format", choices=("jsonl", "fhir"), default="jsonl")
+    p.add_argument("--episode", help="FHIR only: only this episode")
+    p.add_argument("--out", metavar="FILE", help="write here (default: standard output)")
+
+    p = sub.add_parser("import", help="copy a JSON Lines export into a new store")
+    p.add_argument("export", metavar="EXPORT.jsonl")
+    p.add_argument("--store", required=True, metavar="LOG", help="PATH.db or postgresql://...")
+
+    p = sub.add_parser("checkpoint", help="sign the log's head with an Ed25519 key")
+    _log_arguments(p)
+    p.add_argument("--key", required=True, metavar="KEY.pem", help="private key (audit keygen)")
+    p.add_argument("--out", required=True, metavar="C.json")
+
+    p = sub.add_parser("keygen", help="write a new Ed25519 key pair (KEY.pem and KEY.pub.pem)")
+    p.add_argument("--out", required=True, metavar="KEY.pem")
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: the commands pull in the engine, rich, cryptography.
+    commands = importlib.import_module("iechs.audit.commands")
+    result: int = commands.dispatch(args)
+    return result

@@ -1,0 +1,24 @@
+"""Errors of the audit log: every one is an `IechsError`, so the CLI exits 2 with a message."""
+
+from __future__ import annotations
+
+from ..errors import IechsError, Problem
+
+__all__ = ["AuditError", "CheckpointError", "StoreError", "problem"]
+
+
+class AuditError(IechsError, ValueError):
+    """An audit log, export or request that cannot be used as given."""
+
+
+class StoreError(AuditError):
+    """A store cannot be opened, is not an iechs store, or refused a write."""
+
+
+class CheckpointError(AuditError):
+    """A checkpoint or key file cannot be read or written."""
+
+
+def problem(message: str, path: str = "$") -> list[Problem]:
+    """One `Problem`, as the error constructors take them."""
+    return [Problem(message, path)]

@@ -1,0 +1,172 @@
+"""Recording episodes: every decision an episode makes is appended to a store, with the
+episode's snapshot, in the same transaction; a later process resumes the episode from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..decision import Decision, run_to_json
+from ..engine import SNAPSHOT_FORMAT, Engine, Episode
+from ..timeline import Event, Patient, event_to_json, load_timeline, patient_to_json
+from .errors import StoreError, problem
+from .records import AuditRecord, draft_of
+from .stores import AuditStore, EpisodeUpdate, StoredEpisode, open_store
+
+__all__ = ["RecordedEpisode", "episodes_of", "run_recorded"]
+
+
+class RecordedEpisode:
+    """An `Episode` whose decisions go to an audit store as they are made.
+
+    `actor` and `reason` name who recorded a step and why (e.g. a clinician overriding the
+    guideline); they are part of the hashed record. Not thread-safe: one writer per episode,
+    and a second process writing the same episode is refused, not merged.
+    """
+
+    def __init__(self, episode: Episode, store: AuditStore, recorded: int) -> None:
+        self.episode = episode
+        self.store = store
+        self.recorded = recorded
+
+    @classmethod
+    def start(
+        cls,
+        engine: Engine,
+        store: AuditStore,
+        patient: Patient,
+        episode_id: str | None = None,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> RecordedEpisode:
+        recorded = cls(engine.start(patient, episode_id), store, 0)
+        recorded.flush(actor=actor, reason=reason)
+        return recorded
+
+    @classmethod
+    def resume(cls, engine: Engine, store: AuditStore, episode_id: str) -> RecordedEpisode:
+        saved = store.episode(episode_id)
+        if saved is None:
+            raise StoreError(problem(f"no episode {episode_id!r} in the store"), store.location)
+        episode = engine.restore(saved.snapshot, f"{store.location} (episode {episode_id})")
+        if len(episode.decisions) != saved.steps:
+            raise StoreError(
+                problem(
+                    f"episode {episode_id!r}: the snapshot replays to {len(episode.decisions)} "
+                    f"steps, the store recorded {saved.steps}"
+                ),
+                store.location,
+            )
+        return cls(episode, store, saved.steps)
+
+    def step(
+        self, event: Event, *, actor: str | None = None, reason: str | None = None
+    ) -> Decision:
+        decision = self.episode.step(event)
+        self.flush(actor=actor, reason=reason)
+        return decision
+
+    def advance(
+        self, to: datetime, *, actor: str | None = None, reason: str | None = None
+    ) -> Decision:
+        decision = self.episode.advance(to)
+        self.flush(actor=actor, reason=reason)
+        return decision
+
+    def step_all(self, events: Iterable[Event]) -> list[Decision]:
+        """Step every event, then record them all in one transaction."""
+        decisions = [self.episode.step(event) for event in events]
+        self.flush()
+        return decisions
+
+    def flush(self, *, actor: str | None = None, reason: str | None = None) -> list[AuditRecord]:
+        """Append the decisions not yet recorded, and the snapshot, in one transaction."""
+        pending = self.episode.decisions[self.recorded :]
+        if not pending:
+            return []
+        ep = self.episode
+        patient = patient_to_json(ep.patient)
+        drafts = [
+            draft_of(
+                d,
+                episode=ep.episode_id,
+                guideline=ep.engine.identity,
+                patient=patient,
+                actor=actor,
+                reason=reason,
+            )
+            for d in pending
+        ]
+        update = EpisodeUpdate(
+            ep.episode_id, ep.snapshot(), len(ep.decisions), expected_steps=self.recorded
+        )
+        sealed = self.store.append(drafts, update)
+        self.recorded = len(ep.decisions)
+        return sealed
+
+
+def run_recorded(
+    engine: Engine, timeline_path: Path, location: str
+) -> tuple[str, tuple[list[Decision], dict[str, Any]]]:
+    """`iechs run TIMELINE --store LOCATION`: run and record, or continue a stored episode.
+
+    When the store already holds the patient's episode, it is restored and only the timeline's
+    events past those recorded are stepped (a timeline that repeats the recorded events and
+    adds new ones continues the episode; running the same timeline again records nothing).
+    The result covers the whole episode, as `iechs run` without a store prints it.
+    """
+    timeline = load_timeline(timeline_path, engine.guideline)
+    patient = timeline.patient
+    with open_store(location, create=True) as store:
+        saved = store.episode(patient.id)
+        if saved is None:
+            recorded = RecordedEpisode(engine.start(patient), store, 0)
+            events: Sequence[Event] = timeline.events
+        else:
+            if saved.snapshot.get("patient") != patient_to_json(patient):
+                raise StoreError(
+                    problem(
+                        f"the store holds episode {patient.id!r} with other patient details "
+                        "(infusion time, product, risk factors or baseline): use another "
+                        "patient id or another store"
+                    ),
+                    location,
+                )
+            recorded = RecordedEpisode.resume(engine, store, patient.id)
+            done = list(saved.snapshot.get("inputs", []))
+            given = [event_to_json(e) for e in timeline.events]
+            events = timeline.events[len(done) :] if given[: len(done)] == done else timeline.events
+        recorded.step_all(events)
+    decisions = recorded.episode.decisions
+    doc = run_to_json(engine.identity, patient.id, decisions)
+    if timeline.ignored:  # as `iechs run` without a store reports them
+        doc["ignored"] = [{"path": p.path, "message": p.message} for p in timeline.ignored]
+    return patient.id, (decisions, doc)
+
+
+def episodes_of(records: Iterable[AuditRecord]) -> list[StoredEpisode]:
+    """Rebuild the episodes' snapshots from their records (an import has records only)."""
+    found: dict[str, dict[str, Any]] = {}
+    counts: dict[str, tuple[int, int]] = {}
+    for r in records:
+        if r.step == 0:
+            found[r.episode] = {
+                "format": SNAPSHOT_FORMAT,
+                "episode_id": r.episode,
+                "guideline": r.guideline.to_json(),
+                "patient": r.patient,
+                "inputs": [],
+                "state": r.target,
+            }
+        elif r.episode in found:
+            found[r.episode]["inputs"].append(r.event)
+            found[r.episode]["state"] = r.target
+        counts[r.episode] = (counts.get(r.episode, (0, 0))[0] + 1, r.seq)
+    return [
+        StoredEpisode(episode_id, counts[episode_id][0], counts[episode_id][1], snapshot)
+        for episode_id, snapshot in sorted(found.items())
+    ]

@@ -1,0 +1,621 @@
+"""Where the audit log lives: SQLite (embedded default), PostgreSQL (several writers), and the
+read-only JSON Lines export.
+
+A store holds one hash chain (every episode's records, in append order) and the episodes'
+snapshots. An append is one transaction: it locks the chain head, seals each draft onto it,
+inserts the records, moves the head and saves the episode's snapshot, then commits; a process
+killed before the commit leaves nothing of it. SQLite runs in WAL mode with `synchronous=FULL`
+and takes the write lock up front (`BEGIN IMMEDIATE`); PostgreSQL locks the head row
+(`SELECT ... FOR UPDATE`), so concurrent writers queue and the chain never forks.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from .errors import StoreError, problem
+from .records import GENESIS, AuditRecord, RecordDraft, canonical
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "AuditStore",
+    "EpisodeUpdate",
+    "Head",
+    "JsonlLog",
+    "Log",
+    "LogView",
+    "PostgresStore",
+    "SqliteStore",
+    "StoredEpisode",
+    "StoredRecord",
+    "is_postgres",
+    "open_log",
+    "open_store",
+]
+
+EXPORT_FORMAT = "iechs.audit-export/1"
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS iechs_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS iechs_chain "
+    "(id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS iechs_records (seq BIGINT PRIMARY KEY, episode TEXT NOT NULL, "
+    "hash TEXT NOT NULL, body TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS iechs_records_episode ON iechs_records (episode, seq)",
+    "CREATE TABLE IF NOT EXISTS iechs_episodes (id TEXT PRIMARY KEY, steps BIGINT NOT NULL, "
+    "head_seq BIGINT NOT NULL, snapshot TEXT NOT NULL)",
+)
+
+
+@attrs.frozen
+class Head:
+    """The chain head a store keeps beside its records: the last record's number and hash."""
+
+    seq: int
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash}
+
+
+@attrs.frozen(kw_only=True)
+class StoredRecord:
+    """A record as a log holds it: its content text and what the log keeps beside it.
+
+    `body` is the content's text (for SQL stores, exactly the stored bytes); `hash` the hash
+    stored beside it; `seq` and `episode` the index columns; `where` how to find it (a line);
+    `defect` a problem the container itself found (e.g. a line that is not JSON).
+    """
+
+    body: str
+    hash: str | None
+    seq: int | None = None
+    episode: str | None = None
+    where: str = ""
+    defect: str | None = None
+
+
+@attrs.frozen
+class StoredEpisode:
+    """An episode's saved snapshot and how many of its steps the log holds."""
+
+    id: str
+    steps: int
+    head_seq: int
+    snapshot: dict[str, Any]
+
+
+@attrs.frozen
+class EpisodeUpdate:
+    """The snapshot to save with an append; `expected_steps` guards against a lost update."""
+
+    id: str
+    snapshot: dict[str, Any]
+    steps: int
+    expected_steps: int
+
+
+class LogView(Protocol):
+    """A consistent view of a log (one read transaction)."""
+
+    @property
+    def store_id(self) -> str: ...
+
+    @property
+    def head(self) -> Head | None: ...
+
+    def records(self, episode: str | None = None) -> Iterator[StoredRecord]: ...
+
+
+class Log(Protocol):
+    """Anything that can be read as an audit log: a store or an export."""
+
+    location: str
+
+    def reading(self) -> AbstractContextManager[LogView]: ...
+
+    def close(self) -> None: ...
+
+
+@attrs.frozen
+class _View:
+    store_id: str
+    head: Head | None
+    rows: Callable[[str | None], Iterator[StoredRecord]]
+
+    def records(self, episode: str | None = None) -> Iterator[StoredRecord]:
+        return self.rows(episode)
+
+
+def is_postgres(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def _shown(location: str) -> str:
+    """A location fit for messages: a URL without its password."""
+    if not is_postgres(location):
+        return location
+    parts = urlsplit(location)
+    if parts.password is None:
+        return location
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+class AuditStore(ABC):
+    """A store that can be written: the SQL stores share this logic, not their dialect."""
+
+    location: str
+    _placeholder = "?"
+    _lock_head = "SELECT seq, hash FROM iechs_chain WHERE id = 1"
+    #: run first in the transaction that creates the schema (concurrent creators queue on it).
+    _schema_lock: str | None = None
+    _errors: tuple[type[BaseException], ...] = ()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- dialect --------------------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Any]:
+        """A write transaction that holds the store's write lock; yields a cursor."""
+
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Any]:
+        """A read transaction with a consistent snapshot; yields a cursor."""
+
+    def _scan(self, cur: Any) -> AbstractContextManager[Any]:
+        """A cursor for a long scan inside the read transaction of `cur`."""
+        return nullcontext(cur)
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self._placeholder)
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            raise StoreError(problem(f"database error: {exc}"), _shown(self.location)) from None
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def _init_schema(self, create: bool) -> None:
+        with self._translated():
+            if create:
+                with self._write() as cur:
+                    if self._schema_lock is not None:
+                        cur.execute(self._schema_lock)
+                    for statement in _SCHEMA:
+                        cur.execute(statement)
+                    cur.execute(
+                        self._sql(
+                            "INSERT INTO iechs_meta (key, value) VALUES (?, ?) "
+                            "ON CONFLICT DO NOTHING"
+                        ),
+                        ("store_id", str(uuid.uuid4())),
+                    )
+                    cur.execute(
+                        self._sql(
+                            "INSERT INTO iechs_chain (id, seq, hash) VALUES (1, 0, ?) "
+                            "ON CONFLICT DO NOTHING"
+                        ),
+                        (GENESIS,),
+                    )
+            if not self._has_schema():
+                raise StoreError(
+                    problem(
+                        "not an iechs audit store (no iechs_meta table); "
+                        "`iechs run --store` or `iechs audit import --store` creates one"
+                    ),
+                    _shown(self.location),
+                )
+            with self._read() as cur:
+                cur.execute("SELECT value FROM iechs_meta WHERE key = 'store_id'")
+                row = cur.fetchone()
+        if row is None:
+            raise StoreError(problem("the store has no store_id"), _shown(self.location))
+        self.store_id: str = str(row[0])
+
+    @abstractmethod
+    def _has_schema(self) -> bool: ...
+
+    # --- writing --------------------------------------------------------------------------
+
+    def append(
+        self, drafts: Sequence[RecordDraft], episode: EpisodeUpdate | None = None
+    ) -> list[AuditRecord]:
+        """Seal `drafts` onto the chain and save `episode`, in one transaction."""
+        sealed: list[AuditRecord] = []
+        with self._translated(), self._write() as cur:
+            cur.execute(self._lock_head)
+            row = cur.fetchone()
+            seq, prev = int(row[0]), str(row[1])
+            if episode is not None:
+                cur.execute(
+                    self._sql("SELECT steps FROM iechs_episodes WHERE id = ?"), (episode.id,)
+                )
+                found = cur.fetchone()
+                steps = 0 if found is None else int(found[0])
+                if steps != episode.expected_steps:
+                    raise StoreError(
+                        problem(
+                            f"episode {episode.id!r} has {steps} recorded steps, this writer "
+                            f"expected {episode.expected_steps}: another process changed it; "
+                            "reload the episode and try again"
+                        ),
+                        _shown(self.location),
+                    )
+            for draft in drafts:
+                seq += 1
+                record = draft.seal(seq, prev)
+                sealed.append(record)
+                prev = record.hash
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO iechs_records (seq, episode, hash, body) VALUES (?, ?, ?, ?)"
+                ),
+                [(r.seq, r.episode, r.hash, r.body) for r in sealed],
+            )
+            cur.execute(
+                self._sql("UPDATE iechs_chain SET seq = ?, hash = ? WHERE id = 1"), (seq, prev)
+            )
+            if episode is not None:
+                cur.execute(
+                    self._sql(
+                        "INSERT INTO iechs_episodes (id, steps, head_seq, snapshot) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                        "steps = excluded.steps, head_seq = excluded.head_seq, "
+                        "snapshot = excluded.snapshot"
+                    ),
+                    (episode.id, episode.steps, seq, canonical(episode.snapshot)),
+                )
+        return sealed
+
+    def load_copy(
+        self, store_id: str, records: Sequence[AuditRecord], episodes: Sequence[StoredEpisode]
+    ) -> None:
+        """Fill an empty store with a verified copy of a log (import), keeping its store id."""
+        with self._translated(), self._write() as cur:
+            cur.execute(self._lock_head)
+            if int(cur.fetchone()[0]) != 0:
+                raise StoreError(
+                    problem("the store already holds records: import into a new, empty store"),
+                    _shown(self.location),
+                )
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO iechs_records (seq, episode, hash, body) VALUES (?, ?, ?, ?)"
+                ),
+                [(r.seq, r.episode, r.hash, r.body) for r in records],
+            )
+            last = records[-1] if records else None
+            cur.execute(
+                self._sql("UPDATE iechs_chain SET seq = ?, hash = ? WHERE id = 1"),
+                (last.seq, last.hash) if last else (0, GENESIS),
+            )
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO iechs_episodes (id, steps, head_seq, snapshot) VALUES (?, ?, ?, ?)"
+                ),
+                [(e.id, e.steps, e.head_seq, canonical(e.snapshot)) for e in episodes],
+            )
+            cur.execute(
+                self._sql("UPDATE iechs_meta SET value = ? WHERE key = 'store_id'"), (store_id,)
+            )
+        self.store_id = store_id
+
+    # --- reading --------------------------------------------------------------------------
+
+    def episode(self, episode_id: str) -> StoredEpisode | None:
+        with self._translated(), self._read() as cur:
+            cur.execute(
+                self._sql("SELECT id, steps, head_seq, snapshot FROM iechs_episodes WHERE id = ?"),
+                (episode_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        try:
+            snapshot = json.loads(row[3])
+        except ValueError:
+            raise StoreError(
+                problem(f"the saved snapshot of episode {episode_id!r} is not JSON"),
+                _shown(self.location),
+            ) from None
+        return StoredEpisode(str(row[0]), int(row[1]), int(row[2]), snapshot)
+
+    def head(self) -> Head:
+        with self._translated(), self._read() as cur:
+            cur.execute("SELECT seq, hash FROM iechs_chain WHERE id = 1")
+            row = cur.fetchone()
+        return Head(int(row[0]), str(row[1]))
+
+    @contextmanager
+    def reading(self) -> Iterator[LogView]:
+        with self._translated(), self._read() as cur:
+            cur.execute("SELECT seq, hash FROM iechs_chain WHERE id = 1")
+            row = cur.fetchone()
+            head = None if row is None else Head(int(row[0]), str(row[1]))
+
+            def rows(episode: str | None) -> Iterator[StoredRecord]:
+                with self._translated(), self._scan(cur) as scan:
+                    if episode is None:
+                        scan.execute(
+                            "SELECT seq, episode, hash, body FROM iechs_records ORDER BY seq"
+                        )
+                    else:
+                        scan.execute(
+                            self._sql(
+                                "SELECT seq, episode, hash, body FROM iechs_records "
+                                "WHERE episode = ? ORDER BY seq"
+                            ),
+                            (episode,),
+                        )
+                    for seq, ep, digest, body in scan:
+                        yield StoredRecord(
+                            body=body, hash=digest, seq=int(seq), episode=ep, where=f"seq {seq}"
+                        )
+
+            yield _View(self.store_id, head, rows)
+
+
+class SqliteStore(AuditStore):
+    """One SQLite file: WAL, `synchronous=FULL`, appends under `BEGIN IMMEDIATE`."""
+
+    _errors = (sqlite3.Error,)
+
+    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+        self.location = str(path)
+        p = Path(path)
+        if p.is_dir():
+            raise StoreError(problem("is a directory, not a store file"), self.location)
+        if not create and not p.is_file():
+            raise StoreError(
+                problem("no such store (`iechs run --store` creates one)"), self.location
+            )
+        with self._translated():
+            # isolation_level=None: this class issues BEGIN/COMMIT itself.
+            self.conn = sqlite3.connect(str(p), isolation_level=None, timeout=60.0)
+        try:
+            with self._translated():
+                self.conn.execute("PRAGMA busy_timeout = 60000")
+                if not create and not self._has_schema():
+                    # Checked before any PRAGMA that would write to somebody else's database.
+                    raise StoreError(
+                        problem("not an iechs audit store (no iechs_meta table)"), self.location
+                    )
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = FULL")
+            self._init_schema(create)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _has_schema(self) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'iechs_meta'"
+        ).fetchone()
+        return row is not None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            self.conn.rollback()
+            raise
+        cur.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Cursor]:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN")  # deferred: the first SELECT fixes the snapshot (WAL)
+        try:
+            yield cur
+        finally:
+            self.conn.rollback()
+
+
+class PostgresStore(AuditStore):
+    """PostgreSQL via psycopg 3: appends lock the chain head row (`SELECT ... FOR UPDATE`)."""
+
+    _placeholder = "%s"
+    _lock_head = "SELECT seq, hash FROM iechs_chain WHERE id = 1 FOR UPDATE"
+    _schema_lock = "SELECT pg_advisory_xact_lock(4201620919)"
+
+    def __init__(self, url: str, *, create: bool = False) -> None:
+        import psycopg  # noqa: PLC0415 - only PostgreSQL users pay for loading it
+
+        self.location = _shown(url)  # what messages and reports show: never the password
+        self._errors = (psycopg.Error,)
+        try:
+            # autocommit: every transaction is an explicit `conn.transaction()` block.
+            self.conn: psycopg.Connection[Any] = psycopg.connect(
+                url, autocommit=True, connect_timeout=10
+            )
+        except psycopg.Error as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(problem(f"cannot connect: {message}"), self.location) from None
+        try:
+            self._init_schema(create)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _has_schema(self) -> bool:
+        with self._read() as cur:
+            cur.execute("SELECT to_regclass('iechs_meta') IS NOT NULL")
+            row = cur.fetchone()
+        return bool(row and row[0])
+
+    @contextmanager
+    def _write(self) -> Iterator[psycopg.Cursor[Any]]:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _read(self) -> Iterator[psycopg.Cursor[Any]]:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield cur
+
+    def _scan(self, cur: Any) -> AbstractContextManager[Any]:
+        # A server-side cursor streams a long log instead of loading it whole.
+        return self.conn.cursor(name="iechs_scan")
+
+
+class JsonlLog:
+    """A JSON Lines export (read-only): a header line, then one `{"hash", "record"}` per line.
+
+    Every line is in canonical form, so a changed byte is always a changed record.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.location = str(path)
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(problem("no such export file"), self.location)
+        first = self._lines()
+        header_line = next(first, None)
+        first.close()
+        if header_line is None:
+            raise StoreError(problem("empty file: not an iechs audit export"), self.location)
+        try:
+            header = None if header_line[1] else json.loads(header_line[0])
+        except ValueError:
+            header = None
+        if (
+            not isinstance(header, dict)
+            or header.get("format") != EXPORT_FORMAT
+            or not isinstance(header.get("store_id"), str)
+            or not isinstance(header.get("head"), dict)
+        ):
+            raise StoreError(
+                problem(f"line 1 is not an iechs audit export header ({EXPORT_FORMAT})"),
+                self.location,
+            )
+        head = header["head"]
+        if not isinstance(head.get("seq"), int) or not isinstance(head.get("hash"), str):
+            raise StoreError(problem("expected {seq, hash}", "$.head"), self.location)
+        self.store_id: str = header["store_id"]
+        self.head = Head(head["seq"], head["hash"])
+
+    def _lines(self) -> Generator[tuple[str, str | None], None, None]:
+        """Each line's text, and why it is unreadable (a line that is not UTF-8 is a defect
+        of that one record, not of the file)."""
+        try:
+            with self.path.open("rb") as handle:
+                for raw in handle:
+                    line = raw.removesuffix(b"\n")
+                    try:
+                        yield line.decode("utf-8"), None
+                    except UnicodeDecodeError:
+                        yield line.decode("utf-8", "replace"), "the line is not UTF-8 text"
+        except OSError as exc:
+            raise StoreError(problem(f"cannot read the export: {exc}"), self.location) from None
+
+    def close(self) -> None:
+        """Nothing to release: the file is opened for each reading."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _records(self, episode: str | None) -> Iterator[StoredRecord]:
+        lines = self._lines()
+        next(lines, None)
+        for number, (line, unreadable) in enumerate(lines, start=2):
+            where = f"line {number}"
+            if unreadable is not None:
+                yield StoredRecord(body=line, hash=None, where=where, defect=unreadable)
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                yield StoredRecord(body=line, hash=None, where=where, defect=f"not JSON ({exc})")
+                continue
+            if not isinstance(item, dict) or set(item) != {"hash", "record"}:
+                yield StoredRecord(
+                    body=line, hash=None, where=where, defect="not a {hash, record} line"
+                )
+                continue
+            record = item["record"]
+            ep = record.get("episode") if isinstance(record, dict) else None
+            if episode is not None and ep != episode:
+                continue
+            digest = item["hash"] if isinstance(item["hash"], str) else None
+            try:
+                body = canonical(record)
+            except ValueError:  # NaN or Infinity: JSON has neither
+                yield StoredRecord(body=line, hash=None, where=where, defect="not plain JSON")
+                continue
+            defect = None
+            if canonical(item) != line:
+                defect = "the line is not in canonical form (it was edited)"
+            yield StoredRecord(body=body, hash=digest, where=where, defect=defect)
+
+    @contextmanager
+    def reading(self) -> Iterator[LogView]:
+        yield _View(self.store_id, self.head, self._records)
+
+
+def open_store(location: str, *, create: bool = False) -> AuditStore:
+    """A writable store: `PATH.db` (SQLite) or `postgresql://...`."""
+    if is_postgres(location):
+        return PostgresStore(location, create=create)
+    if location.endswith(".jsonl"):
+        raise StoreError(
+            problem("a .jsonl export is read-only: use a PATH.db or postgresql:// store"),
+            location,
+        )
+    return SqliteStore(location, create=create)
+
+
+def open_log(location: str) -> AuditStore | JsonlLog:
+    """A log to read: an existing store or a `.jsonl` export."""
+    if location.endswith(".jsonl"):
+        return JsonlLog(location)
+    return open_store(location, create=False)
