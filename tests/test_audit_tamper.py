@@ -526,7 +526,7 @@ def test_a_record_whose_own_seq_is_edited_is_named_where_it_is_stored(work: Path
     (body,) = sql(db, "SELECT body FROM iechs_records WHERE seq = ?", 54)[0]
     text = str(body)
     assert text.endswith('"seq":54}')
-    sql(db, "UPDATE iechs_records SET body = ? WHERE seq = ?", text[:-3] + "0}", 54)
+    sql(db, "UPDATE iechs_records SET body = ? WHERE seq = ?", text[:-2] + "0}", 54)
     with SqliteStore(db) as store:
         verification = verify_log(store)
     (finding,) = verification.findings
