@@ -127,10 +127,10 @@ def _run_one(engine: Engine, path: Path) -> tuple[str, Any]:
 
     timeline = load_timeline(path, engine.guideline)
     episode = engine.run(timeline)
-    return timeline.patient.id, (
-        episode.decisions,
-        run_to_json(engine.identity, timeline.patient.id, episode.decisions),
-    )
+    doc = run_to_json(engine.identity, timeline.patient.id, episode.decisions)
+    if timeline.ignored:  # parts of a FHIR Bundle not used: reported, never silently dropped
+        doc["ignored"] = [{"path": p.path, "message": p.message} for p in timeline.ignored]
+    return timeline.patient.id, (episode.decisions, doc)
 
 
 def _dump(doc: Any) -> None:
@@ -151,6 +151,8 @@ def _run(args: argparse.Namespace) -> int:
         _dump(doc)
     else:
         print_run(f"{args.timeline} — patient {patient}", decisions)
+        for item in doc.get("ignored", []):
+            print(f"ignored {item['path']}: {item['message']}")
     return EXIT_OK
 
 

@@ -145,6 +145,8 @@ class Timeline:
     #: where each event stood in the input (`$.events[i]`), for messages about it.
     positions: tuple[int, ...] = ()
     file: str | None = None
+    #: parts of the input read but not used, each with its path and why (FHIR input fills it).
+    ignored: tuple[Problem, ...] = ()
 
 
 def parse_time(value: Any) -> datetime:
