@@ -1340,7 +1340,8 @@ def timeline_to_bundle(timeline: Timeline, guideline: Guideline | None = None) -
     With the guideline, laboratory Observations also carry its LOINC codes and names, and an
     event's `loinc` is checked against its `code`; without it, they carry the iechs codes and
     an event's `loinc` is taken to name its code (true of every event the parser identified by
-    its `loinc`). Either way `bundle_to_timeline` reads it back as the same timeline (exceptions: module docstring).
+    its `loinc`). Either way `bundle_to_timeline` reads it back as the same timeline
+    (exceptions: module docstring).
     """
     writer = _Writer(timeline.patient, guideline)
     writer.patient()
