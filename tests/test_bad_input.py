@@ -128,7 +128,7 @@ RESOLVED_TRANSITIONS = """\
       - event: reassess
         to: suspected
         when: [recurrence]
-        label: recurrence (criteria or laboratory signature return)
+        label: recurrence (criteria or laboratory signature return, ferritin not falling)
         cite: [seed-summary, hines-2023]
       - event: close
         to: closed

@@ -657,7 +657,7 @@ def test_recurrence_after_resolution(engine: Engine) -> None:
         "unit": "ng/mL",
     }
     assert recurrence["transition"]["label"] == (
-        "recurrence (criteria or laboratory signature return)"
+        "recurrence (criteria or laboratory signature return, ferritin not falling)"
     )
     assert verdicts(
         recurrence, "lab_signature", "crs_resolving_or_absent", "screening_trigger", "recurrence"
