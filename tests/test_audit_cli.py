@@ -270,3 +270,25 @@ def test_run_store_prints_what_run_prints_for_a_fhir_bundle(
         stored = run_json(capsys, str(bundle), "--store", str(tmp_path / "log.db"))
         assert stored == plain
     assert main(["audit", "replay", str(tmp_path / "log.db")]) == 0
+
+
+def test_run_store_continues_after_an_advance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Service feedback and what-is-due queries are recorded as `advance` inputs at the last
+    # event's time; a longer timeline file must still continue the episode.
+    from iechs import Engine, open_store
+    from iechs.audit.recorder import RecordedEpisode
+
+    whole = json.loads(DAY14.read_text())
+    first = {**whole, "events": whole["events"][:9]}
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    db = str(tmp_path / "log.db")
+    run_json(capsys, str(tmp_path / "first.json"), "--store", db)
+    with open_store(db) as store:
+        recorded = RecordedEpisode.resume(Engine(), store, "demo-day14")
+        recorded.advance(recorded.episode.decisions[-1].at)
+    resumed = run_json(capsys, str(DAY14), "--store", db)
+    assert resumed["final_state"] == "closed"
+    assert len(resumed["steps"]) == 18  # type: ignore[arg-type]  # 17 decisions + the advance
+    assert main(["audit", "verify", db]) == 0

@@ -1,6 +1,9 @@
 """iechs: IEC-HS management after CAR-T therapy as a cited guideline run as a verified statechart.
 
-The public API (stable; see README.md):
+The public API (stable; see README.md): load a guideline (`load_guideline`), start or restore
+an episode (`Engine.start`, `Engine.restore`), step events (`Episode.step`, `parse_event`), ask
+what is due (`Episode.advance`), read decisions (`Decision`, `Alert`), and record them in an
+audit store (`open_store`, `RecordedEpisode`, `verify_log`).
 
 >>> from iechs import Engine, load_guideline
 >>> engine = Engine(load_guideline())
@@ -18,6 +21,10 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .audit.chain import verify_log
+    from .audit.errors import StoreError
+    from .audit.recorder import RecordedEpisode
+    from .audit.stores import AuditStore, open_store
     from .criteria import Tri, Verdict
     from .decision import Alert, Decision, Deviation, GuardResult, run_to_json
     from .engine import Engine, Episode
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Alert": "decision",
+    "AuditStore": "audit.stores",
     "Decision": "decision",
     "Deviation": "decision",
     "Engine": "engine",
@@ -39,6 +47,8 @@ _EXPORTS = {
     "IechsError": "errors",
     "Patient": "timeline",
     "Problem": "errors",
+    "RecordedEpisode": "audit.recorder",
+    "StoreError": "audit.errors",
     "Timeline": "timeline",
     "TimelineError": "errors",
     "Tri": "criteria",
@@ -46,14 +56,17 @@ _EXPORTS = {
     "default_guideline_path": "loader",
     "load_guideline": "loader",
     "load_timeline": "timeline",
+    "open_store": "audit.stores",
     "parse_event": "timeline",
     "parse_guideline": "loader",
     "parse_timeline": "timeline",
     "run_to_json": "decision",
+    "verify_log": "audit.chain",
 }
 
 __all__ = [
     "Alert",
+    "AuditStore",
     "Decision",
     "Deviation",
     "Engine",
@@ -65,6 +78,8 @@ __all__ = [
     "IechsError",
     "Patient",
     "Problem",
+    "RecordedEpisode",
+    "StoreError",
     "Timeline",
     "TimelineError",
     "Tri",
@@ -73,10 +88,12 @@ __all__ = [
     "default_guideline_path",
     "load_guideline",
     "load_timeline",
+    "open_store",
     "parse_event",
     "parse_guideline",
     "parse_timeline",
     "run_to_json",
+    "verify_log",
 ]
 
 

@@ -32,6 +32,7 @@ EXTERNAL_COMMANDS: dict[str, str] = {
     "diff": "iechs.diagram.commands.diff",
     "replay-cohort": "iechs.cohort",
     "synth": "iechs.synthetic",
+    "serve": "iechs.service.commands",
 }
 
 

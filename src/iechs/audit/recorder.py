@@ -137,7 +137,9 @@ def run_recorded(
                     location,
                 )
             recorded = RecordedEpisode.resume(engine, store, patient.id)
-            done = list(saved.snapshot.get("inputs", []))
+            # Only the timeline's own events count: `advance` inputs (what-is-due queries and
+            # service feedback, at the last event's time) are not in the timeline file.
+            done = [i for i in saved.snapshot.get("inputs", []) if i.get("kind") != "advance"]
             given = [event_to_json(e) for e in timeline.events]
             events = timeline.events[len(done) :] if given[: len(done)] == done else timeline.events
         recorded.step_all(events)

@@ -1,0 +1,284 @@
+"""The FastAPI application of `iechs serve`.
+
+The services run on one worker thread (the store's connection belongs to it); the event loop
+only parses, checks and answers. Every error is `{"error": "..."}` naming the field, with a
+4xx status for what the client can fix (400 malformed, 401 not authenticated, 404 unknown
+service, 409 the episode cannot take it, 413 too large) and 503 when the store is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import sys
+import traceback
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
+
+from .._version import __version__
+from .core import ORDER_SIGN, PATIENT_VIEW, HookService, ServiceConfig
+from .errors import ServiceError
+from .schemas import (
+    CdsResponse,
+    Discovery,
+    ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
+    OrderSignRequest,
+    PatientViewRequest,
+)
+from .security import Guard, TokenVerifier
+
+__all__ = ["build", "create_app", "review_page"]
+
+T = TypeVar("T")
+_SHA = re.compile(r'<code id="guideline-sha256">([0-9a-f]{64})</code>')
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        400: "malformed request: the message names the field",
+        401: "no valid JWT (when the service requires one)",
+        404: "no such service",
+        409: "the stored episode cannot take this (closed, other guideline, changed meanwhile)",
+        413: "request body too large",
+        503: "the store is unavailable",
+    }
+    return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}
+
+
+def review_page(config: ServiceConfig, sha256: str) -> tuple[str | None, str]:
+    """The review page to serve at `/review`, or None and why not.
+
+    The page must be the review page of the guideline the service runs (its SHA-256 is on it).
+    """
+    if config.review_page is not None:
+        path = Path(config.review_page)
+    else:
+        root = Path(__file__).resolve().parents[3]
+        path = root / "diagrams" / "review.html"
+        if not (root / "pyproject.toml").is_file() or not path.is_file():
+            return None, (
+                "no review page here (the checkout's diagrams/review.html): write one with "
+                "`iechs review GUIDELINE --out page.html` and start with --review-page page.html"
+            )
+    try:
+        html = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{path}: cannot read the review page ({exc})"
+    found = _SHA.search(html)
+    if found is None or found.group(1) != sha256:
+        return None, (
+            f"{path} is not the review page of this guideline (sha256 {sha256[:12]}): write "
+            "one with `iechs review GUIDELINE --out page.html` and pass --review-page"
+        )
+    return html, ""
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = "$"
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        kind = error.get("type")
+        if kind == "json_invalid":
+            why = (error.get("ctx") or {}).get("error", "")
+            problems.append(f"$: not valid JSON ({why})" if why else "$: not valid JSON")
+        elif kind == "missing" and loc == ("body",):
+            problems.append("$: a JSON body is required")
+        elif loc == ("body",) and isinstance(error.get("input"), bytes):
+            # FastAPI parses JSON only when the request says so (no CSRF from browser pages).
+            problems.append("$: expected a JSON body sent with Content-Type: application/json")
+        elif loc == ("body",):
+            problems.append(f"$: expected a JSON object ({error.get('msg')})")
+        else:
+            problems.append(f"{_path(loc)}: {error.get('msg')}")
+    shown = "; ".join(problems[:3])
+    return shown + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+
+
+def _actor(request: Request) -> str:
+    claims = getattr(request.state, "iechs_claims", None)
+    if not claims:
+        return "cds-client (unauthenticated)"
+    actor = f"cds-client {claims.get('iss')}"
+    for key in ("sub", "tenant"):
+        if claims.get(key):
+            actor += f" {key} {claims[key]}"
+    return actor
+
+
+def create_app(config: ServiceConfig, service: HookService | None = None) -> FastAPI:
+    """The FastAPI app (without the size and JWT guard: see `build`)."""
+    core = service if service is not None else HookService(config)
+    meta = core.g.guideline
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iechs-service")
+    page, no_page = review_page(config, core.g.sha256)
+
+    async def run(call: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(call, *args))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run(core.close)
+        executor.shutdown()
+
+    app = FastAPI(
+        title="iechs CDS Hooks service",
+        version=__version__,
+        description=f"CDS Hooks 2.0 services for the guideline {meta.id} {meta.version} "
+        f"({meta.status}): {meta.title}. Not a medical device.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    def review_url(request: Request) -> str:
+        if config.review_url:
+            return config.review_url
+        base = config.public_url or str(request.base_url)
+        return base.rstrip("/") + "/review"
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        traceback.print_exception(exc, file=sys.stderr)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.get(
+        "/cds-services",
+        summary="CDS Hooks discovery",
+        response_model=None,
+        responses={200: {"model": Discovery}, **_errors(401)},
+    )
+    async def discovery() -> JSONResponse:
+        return JSONResponse(core.discovery())
+
+    @app.post(
+        f"/cds-services/{PATIENT_VIEW}",
+        summary="patient-view: the IEC-HS episode, its recommendations, alerts and what is due",
+        response_model=None,
+        responses={200: {"model": CdsResponse}, **_errors(400, 401, 409, 413, 503)},
+    )
+    async def patient_view(body: PatientViewRequest, request: Request) -> JSONResponse:
+        cards = await run(
+            core.patient_view,
+            body.context.model_dump(exclude_unset=True),
+            body.prefetch,
+            body.extension,
+            review_url(request),
+        )
+        return JSONResponse({"cards": cards})
+
+    @app.post(
+        f"/cds-services/{ORDER_SIGN}",
+        summary="order-sign: what the engine says about the draft medication orders",
+        response_model=None,
+        responses={200: {"model": CdsResponse}, **_errors(400, 401, 409, 413, 503)},
+    )
+    async def order_sign(body: OrderSignRequest, request: Request) -> JSONResponse:
+        cards = await run(
+            core.order_sign,
+            body.context.model_dump(exclude_unset=True),
+            body.prefetch,
+            body.extension,
+            review_url(request),
+        )
+        return JSONResponse({"cards": cards})
+
+    @app.post(
+        "/cds-services/{service_id}/feedback",
+        summary="feedback: a card accepted or overridden (with the reason), into the audit log",
+        response_model=None,
+        responses={200: {"model": FeedbackResponse}, **_errors(400, 401, 404, 409, 413, 503)},
+    )
+    async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> JSONResponse:
+        items = [item.model_dump(exclude_unset=True) for item in body.feedback]
+        recorded = await run(core.feedback, service_id, items, _actor(request))
+        return JSONResponse({"recorded": recorded})
+
+    @app.get(
+        "/review",
+        summary="the guideline's review page (cards link here)",
+        response_class=HTMLResponse,
+        response_model=None,
+        responses={
+            200: {"content": {"text/html": {"schema": {"type": "string"}}}},
+            **_errors(404),
+        },
+    )
+    async def review() -> HTMLResponse | JSONResponse:
+        if page is None:
+            return JSONResponse({"error": no_page}, status_code=404)
+        return HTMLResponse(page)
+
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI document, without FastAPI's 422 (validation answers 400 here)."""
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    operation.get("responses", {}).pop("422", None)
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def build(config: ServiceConfig, service: HookService | None = None) -> ASGIApp:
+    """The app behind its guard: body size limit and, when configured, JWT checks."""
+    verifier = (
+        TokenVerifier(config.jwt_issuer, config.jwt_key)
+        if config.jwt_issuer and config.jwt_key
+        else None
+    )
+    return Guard(
+        create_app(config, service),
+        limit=config.max_body,
+        verifier=verifier,
+        public_url=config.public_url,
+    )

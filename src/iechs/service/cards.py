@@ -1,0 +1,274 @@
+"""CDS Hooks cards from what the engine said: the state with its recommendations, and alerts.
+
+Every card names its primary citation in `source` (label, url, topic) and lists all its
+citations in `detail`; every card links to the guideline's review page. Card and suggestion
+uuids are derived from the card's content (uuid5), so the same answer gets the same uuid in
+every service process and every run.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..audit.records import canonical
+from ..criteria import Tri
+from ..decision import ALERT_SEVERITY, Alert, Decision
+from ..model import Guideline, Recommendation
+from ..timeline import format_time
+from .orders import DraftOrder
+
+__all__ = [
+    "MAX_SUMMARY",
+    "OVERRIDE_REASONS",
+    "OVERRIDE_SYSTEM",
+    "TOPIC_DISPLAY",
+    "TOPIC_SYSTEM",
+    "CardMaker",
+    "summary_text",
+    "with_uuids",
+]
+
+#: The card's `summary` is shorter than this (CDS Hooks: "<140-character").
+MAX_SUMMARY = 140
+#: Topics of the cards (`source.topic`): `state`, or the alert's code.
+TOPIC_SYSTEM = "https://iechs.dev/cds/CodeSystem/card-topic"
+#: Override reasons offered on warning and critical cards (`overrideReasons`).
+OVERRIDE_SYSTEM = "https://iechs.dev/cds/CodeSystem/override-reason"
+OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
+    ("clinical-judgement", "Clinical judgement: the expected benefit outweighs the risk"),
+    (
+        "record-incomplete",
+        "The record is incomplete (e.g. a corticosteroid or antimicrobial given elsewhere)",
+    ),
+    ("other-condition", "Treats another condition (CRS, ICANS, infection or other)"),
+    ("patient-preference", "Patient or family preference"),
+)
+#: How each alert's topic reads.
+TOPIC_DISPLAY = {
+    "il6_monotherapy": "IL-6 blockade without a corticosteroid",
+    "immunosuppression_before_antimicrobials": "Immunosuppression before antimicrobials",
+    "tocilizumab_with_icans": "Tocilizumab with ICANS",
+    "off_guideline_therapy": "Treatment the guideline does not sanction now",
+    "reassessment_overdue": "Reassessment overdue",
+    "escalation_due": "Escalation due",
+    "missing_data": "Data missing to decide",
+    "high_risk_patient": "High risk of IEC-HS",
+}
+_NAMESPACE = uuid.UUID("6c1f9d4e-2b7a-4f0e-9a53-8d2e1c7b4a90")
+_YEAR = re.compile(r"\b(19|20)\d\d\b")
+
+
+def summary_text(text: str) -> str:
+    """`text` as a card summary: shorter than 140 characters, cut at a word if needed."""
+    text = " ".join(text.split())
+    text = text[:1].upper() + text[1:]
+    if len(text) < MAX_SUMMARY:
+        return text
+    cut = text[: MAX_SUMMARY - 2].rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:") + "…"
+
+
+def with_uuids(card: dict[str, Any], service: str, episode: str) -> dict[str, Any]:
+    """The card with its `uuid` (and its suggestions' uuids) derived from its content."""
+    key = canonical({"service": service, "episode": episode, "card": card})
+    card_uuid = str(uuid.uuid5(_NAMESPACE, key))
+    out = {"uuid": card_uuid, **card}
+    if "suggestions" in card:
+        out["suggestions"] = [
+            {**s, "uuid": str(uuid.uuid5(_NAMESPACE, f"{card_uuid}/suggestions/{i}"))}
+            for i, s in enumerate(card["suggestions"])
+        ]
+    return out
+
+
+def _shown_time(t: datetime) -> str:
+    return format_time(t).replace("T", " ").removesuffix(":00Z") + " UTC"
+
+
+class CardMaker:
+    """Builds cards for one guideline; `review_url` is where the review page is (absolute)."""
+
+    def __init__(self, g: Guideline, review_url: str) -> None:
+        self.g = g
+        self.review_url = review_url
+        meta = g.guideline
+        self.guideline_label = f"IEC-HS guideline {meta.id} {meta.version} ({meta.status})"
+
+    # --- citations -------------------------------------------------------------------------
+
+    def _short(self, key: str) -> str:
+        src = self.g.sources.get(key)
+        if src is None:
+            return key
+        first = src.citation.split(". ", 1)[0].strip()
+        if len(first) > 60:
+            first = first[:58].rsplit(" ", 1)[0] + "…"
+        year = _YEAR.search(src.citation)
+        return f"{first} {year.group(0)}" if year and year.group(0) not in first else first
+
+    def _url(self, key: str) -> str:
+        src = self.g.sources.get(key)
+        if src is not None and src.pmid:
+            return f"https://pubmed.ncbi.nlm.nih.gov/{src.pmid}/"
+        anchor = re.sub(r"[^0-9A-Za-z_-]", "-", key)
+        return f"{self.review_url}#source-{anchor}"
+
+    def source(self, cite: Sequence[str], topic: str, topic_display: str) -> dict[str, Any]:
+        """`source`: the first citation (or the guideline itself when there is none)."""
+        coding = {"system": TOPIC_SYSTEM, "code": topic, "display": topic_display}
+        if not cite:
+            return {"label": self.guideline_label, "url": self.review_url, "topic": coding}
+        key = cite[0]
+        label = f"{self._short(key)} (via {self.g.guideline.id} {self.g.guideline.version})"
+        return {"label": label, "url": self._url(key), "topic": coding}
+
+    def _sources_md(self, keys: Iterable[str]) -> str:
+        lines = []
+        for key in dict.fromkeys(keys):
+            src = self.g.sources.get(key)
+            text = " ".join(src.citation.split()) if src else "(not in the guideline's sources)"
+            pmid = f" PMID [{src.pmid}]({self._url(key)})." if src and src.pmid else ""
+            lines.append(f"- `{key}` ({src.kind if src else '?'}): {text}{pmid}")
+        if not lines:
+            return ""
+        return "\n\n**Sources**\n\n" + "\n".join(lines)
+
+    def _links(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "label": f"Guideline review page ({self.g.guideline.id} "
+                f"{self.g.guideline.version})",
+                "url": self.review_url,
+                "type": "absolute",
+            }
+        ]
+
+    def _footer(self) -> str:
+        return (
+            f"\n\n*{self.guideline_label}, sha256 {self.g.sha256[:12]}. Statements marked "
+            "(not yet verified) have not been checked against their primary source. "
+            "Not a medical device.*"
+        )
+
+    # --- cards -----------------------------------------------------------------------------
+
+    def _statement(self, text: str, cite: Sequence[str], verified: bool) -> str:
+        flag = "" if verified else " *(not yet verified)*"
+        return f"- {text} [{', '.join(cite)}]{flag}"
+
+    def _recommendation(self, r: Recommendation) -> str:
+        extra = []
+        if r.dose is not None:
+            extra.append(f"dose {r.dose.min:g}-{r.dose.max:g} {r.dose.unit}")
+        if r.route:
+            extra.append("/".join(r.route))
+        if r.frequency:
+            extra.append(r.frequency)
+        if r.population != "all":
+            extra.append(r.population)
+        text = r.text + (f" ({', '.join(extra)})" if extra else "")
+        return self._statement(text, r.cite, r.verified)
+
+    def state_card(self, entered: Decision, state: str, identified: Tri | None) -> dict[str, Any]:
+        """The episode's state since `entered`, with what the guideline recommends in it."""
+        s = self.g.states[state]
+        since = _shown_time(entered.at)
+        how = f' ("{entered.transition_label}")' if entered.transition_label else ""
+        lines = [f"**{s.name}** (`{state}`) since {since}{how}. {s.description.strip()}"]
+        if identified is not None and not s.final:
+            verdict = {
+                Tri.TRUE: "**met**",
+                Tri.FALSE: "not met",
+                Tri.UNKNOWN: "cannot be decided yet (data missing or stale)",
+            }[identified]
+            lines.append(f"IEC-HS criteria (`iec_hs_identified`): {verdict}.")
+        cites: list[str] = []
+        sections = (
+            ("Recommendations in force", s.recommendations),
+            ("Monitoring", s.monitoring),
+            ("Cautions", s.cautions),
+        )
+        for title, items in sections:
+            if not items:
+                continue
+            body = [
+                self._recommendation(i)
+                if isinstance(i, Recommendation)
+                else self._statement(i.text, i.cite, i.verified)
+                for i in items
+            ]
+            lines.append(f"**{title}**\n\n" + "\n".join(body))
+            cites += [k for i in items for k in i.cite]
+        card: dict[str, Any] = {
+            "summary": summary_text(f"IEC-HS episode: {s.name} (since {since})"),
+            "detail": "\n\n".join(lines) + self._sources_md(cites) + self._footer(),
+            "indicator": "info",
+            "source": self.source(cites, "state", "IEC-HS episode state"),
+            "links": self._links(),
+        }
+        return card
+
+    def alert_card(
+        self,
+        alert: Alert,
+        *,
+        state: str,
+        raised_by: str = "",
+        order: DraftOrder | None = None,
+    ) -> dict[str, Any]:
+        """A card for one alert raised by `raised_by` (an event, in words); for an order-sign
+        alert, `order` is the draft order it is about (the card then suggests removing that
+        order, when the order has an id)."""
+        lines = [alert.message[:1].upper() + alert.message[1:]]
+        where = f"the episode is in **{self.g.states[state].name}** (`{state}`)"
+        if order is not None:
+            lines.append(
+                f"Signing the draft order {order.reference or order.path} ({order.shown}) at "
+                f"{_shown_time(alert.at)} raises this: the engine's answer for that treatment; "
+                f"{where}."
+            )
+        else:
+            lines.append(f"Raised at {_shown_time(alert.at)} by {raised_by}; {where}.")
+        if alert.measure:
+            lines.append("Measure or assess: " + ", ".join(alert.measure) + ".")
+        if alert.code == "il6_monotherapy":
+            window = self.g.parameters.get("concurrent_steroid_window_hours")
+            hours = f"{window.value:g}" if window else "24"
+            lines.append(
+                f"A corticosteroid recorded in the last {hours} h, or ordered in the same "
+                "order set, counts as concurrent."
+            )
+        card: dict[str, Any] = {
+            "summary": summary_text(alert.message),
+            "detail": "\n\n".join(lines) + self._sources_md(alert.cite) + self._footer(),
+            "indicator": alert.severity,
+            "source": self.source(
+                alert.cite, alert.code, TOPIC_DISPLAY.get(alert.code, alert.code)
+            ),
+        }
+        if order is not None and order.reference is not None:
+            card["suggestions"] = [
+                {
+                    "label": f"Remove the {order.event.drug} order",
+                    "actions": [
+                        {
+                            "type": "delete",
+                            "description": f"Remove the draft order {order.reference} "
+                            f"({order.shown})",
+                            "resourceId": order.reference,
+                        }
+                    ],
+                }
+            ]
+            card["selectionBehavior"] = "at-most-one"
+        if ALERT_SEVERITY[alert.code] != "info":
+            card["overrideReasons"] = [
+                {"system": OVERRIDE_SYSTEM, "code": code, "display": display}
+                for code, display in OVERRIDE_REASONS
+            ]
+        card["links"] = self._links()
+        return card
