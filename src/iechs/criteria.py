@@ -179,9 +179,6 @@ class Facts:
     def hours_since(self, t: datetime) -> float:
         return (self.now - t).total_seconds() / 3600
 
-    def antimicrobials_started(self) -> tuple[datetime, bool] | None:
-        return self.antimicrobials
-
     def infection_untreated(self) -> bool:
         """Infection suspected or confirmed and no antimicrobials: the engine's safety check."""
         if self.infection is None or self.infection[1] not in ("suspected", "confirmed"):
