@@ -34,6 +34,12 @@ _RENAMES: dict[type, dict[str, str]] = {
     m.ResponseTest: {"among": "in"},
     m.InfectionTest: {"status": "in"},
     m.RiskTest: {"among": "in"},
+    m.TherapyTest: {"classes": "class", "drugs": "drug"},
+    m.TreatmentMatch: {"classes": "class", "drugs": "drug", "indications": "indication"},
+    m.Concurrent: {"classes": "class"},
+    m.Rule: {"states": "in", "with_": "with"},
+    m.IndicationRule: {"classes": "class", "states": "in"},
+    m.ActionDef: {"states": "in"},
 }
 _PATH_RENAMES = {
     f".{attr}": f".{key}" for renames in _RENAMES.values() for attr, key in renames.items()

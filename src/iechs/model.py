@@ -13,6 +13,13 @@ import attrs
 
 __all__ = [
     "ALL_CRITERION_KINDS",
+    "ActionDef",
+    "Concurrent",
+    "IndicationRule",
+    "OrderSets",
+    "Rule",
+    "TherapyTest",
+    "TreatmentMatch",
     "PROPERTY_KINDS",
     "Assessed",
     "CanReach",
@@ -64,6 +71,9 @@ class Citable:
 
     cite: tuple[str, ...] = ()
     verified: bool = False
+    #: words of a source text that support the statement, verbatim (`verified: true` needs
+    #: one, and `iechs validate` finds it in the source's text).
+    quote: str | None = None
 
 
 class OneKind:
@@ -86,6 +96,8 @@ class Source:
     citation: str
     kind: Literal["primary", "secondary", "local"] = "primary"
     pmid: str | None = None
+    #: the source's text kept beside the guideline (relative path), where quotes are found.
+    text: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +108,9 @@ class GuidelineMeta:
     status: Literal["draft", "active", "retired"]
     effective: str
     authors: tuple[str, ...] = ()
+    #: the safety contract this guideline satisfies (an id of `iechs.contracts`, or a path
+    #: relative to the document); a profile cannot change it.
+    contract: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -126,6 +141,9 @@ class FindingDef:
     #: a finding never recorded counts as absent (findings are documented when present), or
     #: as unknown (it must be looked for, e.g. by a marrow examination).
     unrecorded: Literal["absent", "unknown"] = "absent"
+    #: a finding older than this (hours, or a `$parameter`) counts as unrecorded, unless it is
+    #: recorded again; None: it never expires.
+    valid_hours: Number | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -170,12 +188,16 @@ class Ratio:
     factor: Number
     reference: str
     within_hours: Number | None = None
+    #: with a `$parameter` reference (a limit of normal): compare with the patient's value at
+    #: infusion instead when that value is itself abnormal (beyond the limit, on the side `op`
+    #: looks at), as hines-2023 states its criteria.
+    baseline_if_abnormal: bool = False
 
 
 @attrs.frozen(kw_only=True)
 class Trend:
-    """The latest value against the one before it (both within `window_hours`); a change
-    smaller than `min_change_pct` of the earlier value is flat."""
+    """The latest value, fresh (at most `window_hours` old), against the value before it,
+    however old; a change smaller than `min_change_pct` of the earlier value is flat."""
 
     observation: str
     direction: Literal["rising", "falling", "not_falling"]
@@ -213,9 +235,24 @@ class Assessed:
 
 @attrs.frozen(kw_only=True)
 class ResponseTest:
-    """The latest clinician response assessment since the current line started."""
+    """The latest clinician response assessment since the current line started. With no
+    assessment on the line the test is UNKNOWN, or FALSE with `unrecorded: false` (e.g.
+    "worsening" must be documented to count)."""
 
     among: tuple[Literal["improving", "stable", "worsening", "resolved"], ...]
+    unrecorded: Literal["unknown", "false"] = "unknown"
+
+
+@attrs.frozen(kw_only=True)
+class TherapyTest:
+    """A therapy of one of these drug classes (or drugs) is running: a dose was given within
+    `hours` (default: parameter `therapy_continuity_hours`), for any indication unless
+    `indication` narrows it. Never UNKNOWN: treatments are recorded when given."""
+
+    classes: tuple[str, ...] = ()
+    drugs: tuple[str, ...] = ()
+    hours: Number | None = None
+    indication: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -245,6 +282,7 @@ ALL_CRITERION_KINDS = (
     "infection",
     "assessed",
     "response",
+    "therapy",
     "risk",
     "time_on_line",
     "time_since_infusion",
@@ -269,6 +307,7 @@ class Criterion(Citable, OneKind):
     infection: InfectionTest | None = None
     assessed: Assessed | None = None
     response: ResponseTest | None = None
+    therapy: TherapyTest | None = None
     risk: RiskTest | None = None
     time_on_line: Duration | None = None
     time_since_infusion: Duration | None = None
@@ -338,11 +377,104 @@ class StateDef:
     final: bool = False
     #: treatment line number (1, 2, ...) for treatment states.
     line: int | None = None
+    #: the lines one of which must have been entered (since the episode last entered a
+    #: surveillance or diagnosis state) before this line; default: the line numbered one less.
+    after: tuple[str, ...] | None = None
     recommendations: tuple[Recommendation, ...] = ()
     supportive_care: tuple[Statement, ...] = ()
     monitoring: tuple[Statement, ...] = ()
     cautions: tuple[Statement, ...] = ()
     transitions: tuple[TransitionDef, ...] = ()
+
+
+# --- rules: alerts, deviations, indications, order sets, actions -----------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TreatmentMatch:
+    """Which recorded treatments a rule looks at (every field given must match)."""
+
+    classes: tuple[str, ...] = ()
+    drugs: tuple[str, ...] = ()
+    immunosuppressive: bool | None = None
+    indications: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Concurrent:
+    """A dose of one of these drug classes within `hours` of the treatment: before it, in the
+    same order set, or (in a retrospective run, where later events are known) after it."""
+
+    classes: tuple[str, ...]
+    hours: Number
+
+
+Severity = Literal["critical", "warning", "info"]
+
+
+@attrs.frozen(kw_only=True)
+class Rule(Citable):
+    """An alert (and optionally a deviation) the guideline raises.
+
+    `on: treatment` rules look at each recorded treatment that `treatment` matches and fire
+    once per therapy (repeated doses of a drug already started are one therapy); `on: start`
+    rules fire once when the episode starts; `on: step` rules fire once per entry into one of
+    the states `in`. Criteria in `when`/`unless` must be TRUE/FALSE (UNKNOWN never fires a
+    rule); `with`/`without` ask for a concurrent therapy or for none. The message may name
+    `{drug}`, `{class}`, `{indication}`, `{infection}`, `{state}` and `{$parameter}`."""
+
+    alert: str
+    severity: Severity
+    message: str
+    on: Literal["start", "treatment", "step"] = "treatment"
+    treatment: TreatmentMatch | None = None
+    states: tuple[str, ...] = ()
+    when: tuple[str, ...] = ()
+    unless: tuple[str, ...] = ()
+    with_: Concurrent | None = None
+    without: Concurrent | None = None
+    #: the reason of the deviation this rule records (None: an alert only).
+    deviation: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class IndicationRule(Citable):
+    """How a treatment recorded without an indication is read: the first rule that matches
+    gives it. Every field given must match: the drug's class, whether the drug is in the
+    formulary, the state, and criteria that must be TRUE."""
+
+    indication: str
+    reason: str
+    classes: tuple[str, ...] = ()
+    formulary: bool | None = None
+    states: tuple[str, ...] = ()
+    when: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class OrderSets(Citable):
+    """Treatments recorded at the same time are one order set, decided together: facts first,
+    then treatments by their class in `sequence` (e.g. antimicrobials before the
+    immunosuppression they go alongside), so the order in a file never changes a decision."""
+
+    description: str
+    sequence: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class ActionDef(Citable):
+    """What to do next: in force in the states `in` while `when` holds (and `unless` does not).
+    When its criteria are UNKNOWN the action becomes a `measure` action naming what to measure.
+    `recommendation` names a recommendation (by id) whose drug and dose the action carries;
+    `due: reassessment` gives the time the reassessment clock sets."""
+
+    code: str
+    text: str
+    states: tuple[str, ...]
+    when: tuple[str, ...] = ()
+    unless: tuple[str, ...] = ()
+    recommendation: str | None = None
+    due: Literal["reassessment"] | None = None
 
 
 # --- safety properties (read by the verifier) -------------------------------------------------
@@ -455,6 +587,10 @@ class Guideline:
     criteria: dict[str, Criterion]
     states: dict[str, StateDef]
     properties: dict[str, SafetyProperty] = attrs.field(factory=dict)
+    rules: dict[str, Rule] = attrs.field(factory=dict)
+    indications: tuple[IndicationRule, ...] = ()
+    order_sets: OrderSets | None = None
+    actions: dict[str, ActionDef] = attrs.field(factory=dict)
     profile: Profile | None = None
     #: SHA-256 of the document's bytes (set by the loader; not part of the YAML).
     sha256: str = ""
@@ -474,3 +610,18 @@ class Guideline:
     def drug_class_of(self, drug: str) -> str | None:
         d = self.drugs.get(drug.strip().lower())
         return d.drug_class if d else None
+
+    def recommendation(self, rec_id: str) -> Recommendation | None:
+        """The recommendation with this id, in whichever state declares it first."""
+        for s in self.states.values():
+            for r in s.recommendations:
+                if r.id == rec_id:
+                    return r
+        return None
+
+    def line_after(self, state: str) -> tuple[str, ...]:
+        """The lines one of which must come before line `state` (see `StateDef.after`)."""
+        s = self.states[state]
+        if s.after is not None or s.line is None:
+            return s.after or ()
+        return tuple(sid for sid, o in self.states.items() if o.line == s.line - 1)
