@@ -5,6 +5,7 @@ Each check returns `Problem`s with a JSON-style path; the loader adds the YAML l
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 from . import model as m
@@ -45,6 +46,7 @@ def check_guideline(g: m.Guideline, *, structural: bool = True) -> list[Problem]
     problems += _check_criteria(g)
     problems += _check_states(g, graph=structural)
     problems += _check_properties(g)
+    problems += _check_rules(g)
     return problems
 
 
@@ -68,6 +70,14 @@ def citables(g: m.Guideline) -> Iterator[tuple[str, m.Citable]]:
             yield f"{base}.transitions[{i}]", t
     for pid, prop in g.properties.items():
         yield f"$.properties.{pid}", prop
+    for rid, rule in g.rules.items():
+        yield f"$.rules.{rid}", rule
+    for i, ind in enumerate(g.indications):
+        yield f"$.indications[{i}]", ind
+    if g.order_sets is not None:
+        yield "$.order_sets", g.order_sets
+    for aid, action in g.actions.items():
+        yield f"$.actions.{aid}", action
 
 
 def _check_citations(g: m.Guideline, *, missing: bool) -> list[Problem]:
@@ -357,4 +367,95 @@ def _check_properties(g: m.Guideline) -> list[Problem]:
             refs("criterion", spec.requires_any, g.criteria, f"{base}.requires_any")
         elif isinstance(spec, m.CanReach):
             refs("state", spec.targets, g.states, f"{base}.targets")
+    return problems
+
+
+#: the indications a timeline can give a treatment (DESIGN.md).
+INDICATIONS = ("iec_hs", "crs", "icans", "infection", "other")
+#: what a rule's message may name (see `model.Rule`).
+MESSAGE_FIELDS = ("drug", "class", "indication", "infection", "state", "risk_factors")
+
+
+def _refs(
+    kind: str, names: Iterable[str], known: Iterable[str], path: str, problems: list[Problem]
+) -> None:
+    known = list(known)
+    for i, name in enumerate(names):
+        if name not in known:
+            problems.append(Problem(unknown_name(kind, name, known), f"{path}[{i}]"))
+
+
+def _check_rules(g: m.Guideline) -> list[Problem]:
+    """References of the rules, indication rules, order sets and actions."""
+    problems: list[Problem] = []
+    for rid, rule in g.rules.items():
+        path = f"$.rules.{rid}"
+        if rule.upon == "treatment" and rule.treatment is None:
+            problems.append(Problem("a treatment rule says which treatments it looks at", path))
+        if rule.upon != "treatment" and (rule.with_ or rule.without or rule.treatment):
+            problems.append(Problem("treatment, with and without belong to treatment rules", path))
+        if rule.treatment is not None:
+            t = rule.treatment
+            _refs("drug class", t.classes, g.drug_classes, f"{path}.treatment.class", problems)
+            _refs("drug", t.drugs, g.drugs, f"{path}.treatment.drug", problems)
+            _refs(
+                "indication", t.indications, INDICATIONS, f"{path}.treatment.indication", problems
+            )
+        _refs("state", rule.states, g.states, f"{path}.in", problems)
+        _refs("criterion", rule.when, g.criteria, f"{path}.when", problems)
+        _refs("criterion", rule.unless, g.criteria, f"{path}.unless", problems)
+        for field, conc in (("with", rule.with_), ("without", rule.without)):
+            if conc is not None:
+                _refs("drug class", conc.classes, g.drug_classes, f"{path}.{field}.class", problems)
+                problems += _check_number(g, conc.hours, f"{path}.{field}.hours")
+        for name in re.findall(r"\{(\$?[a-z_]+)\}", rule.message):
+            if name.startswith("$"):
+                problems += _check_number(g, name, f"{path}.message")
+            elif name not in MESSAGE_FIELDS:
+                problems.append(
+                    Problem(
+                        f"the message names {{{name}}}; it may name "
+                        + ", ".join(f"{{{f}}}" for f in MESSAGE_FIELDS)
+                        + " and {$parameter}",
+                        f"{path}.message",
+                    )
+                )
+    for i, ind in enumerate(g.indications):
+        path = f"$.indications[{i}]"
+        if ind.indication not in INDICATIONS:
+            problems.append(
+                Problem(
+                    unknown_name("indication", ind.indication, INDICATIONS), f"{path}.indication"
+                )
+            )
+        _refs("drug class", ind.classes, g.drug_classes, f"{path}.class", problems)
+        _refs("state", ind.states, g.states, f"{path}.in", problems)
+        _refs("criterion", ind.when, g.criteria, f"{path}.when", problems)
+    if g.order_sets is not None:
+        _refs(
+            "drug class", g.order_sets.sequence, g.drug_classes, "$.order_sets.sequence", problems
+        )
+    for aid, a in g.actions.items():
+        path = f"$.actions.{aid}"
+        _refs("state", a.states, g.states, f"{path}.in", problems)
+        _refs("criterion", a.when, g.criteria, f"{path}.when", problems)
+        _refs("criterion", a.unless, g.criteria, f"{path}.unless", problems)
+        if a.recommendation is not None and g.recommendation(a.recommendation) is None:
+            ids = [r.id for st in g.states.values() for r in st.recommendations]
+            problems.append(
+                Problem(
+                    unknown_name("recommendation", a.recommendation, ids), f"{path}.recommendation"
+                )
+            )
+    for cid, c in g.criteria.items():
+        if c.therapy is not None:
+            base = f"$.criteria.{cid}.therapy"
+            _refs("drug class", c.therapy.classes, g.drug_classes, f"{base}.class", problems)
+            _refs("drug", c.therapy.drugs, g.drugs, f"{base}.drug", problems)
+            _refs("indication", c.therapy.indication, INDICATIONS, f"{base}.indication", problems)
+            if c.therapy.hours is not None:
+                problems += _check_number(g, c.therapy.hours, f"{base}.hours")
+    for fid, fd in g.findings.items():
+        if fd.valid_hours is not None:
+            problems += _check_number(g, fd.valid_hours, f"$.findings.{fid}.valid_hours")
     return problems

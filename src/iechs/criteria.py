@@ -22,9 +22,11 @@ from .timeline import Patient, format_time
 
 __all__ = [
     "CriteriaPlan",
+    "Dose",
     "Evaluation",
     "Facts",
     "Reading",
+    "Therapy",
     "Tri",
     "Verdict",
     "derived_risk_factors",
@@ -123,6 +125,32 @@ def derived_risk_factors(patient: Patient, known: set[str] | None = None) -> tup
     return tuple(f for f in unique if known is None or f in known)
 
 
+class Dose(NamedTuple):
+    """One recorded dose: when, which drug (and its class), for what indication."""
+
+    at: datetime
+    drug: str
+    drug_class: str | None
+    indication: str | None
+
+
+@attrs.define
+class Therapy:
+    """Doses of one drug class (or of one drug outside the formulary) that follow each other
+    within the therapy continuity time: one therapy, judged once, not once per dose."""
+
+    key: str
+    drug: str
+    drug_class: str | None
+    indication: str | None
+    started_at: datetime
+    last_at: datetime
+    #: rule ids (and engine judgements) already raised for this therapy.
+    raised: set[str] = attrs.field(factory=set)
+    #: the IEC-HS line it was counted in (a therapy for another indication can be adopted).
+    counted: bool = False
+
+
 class Facts:
     """What an episode knows so far, in event time. Mutated only by the engine."""
 
@@ -142,7 +170,11 @@ class Facts:
         self.infection: tuple[datetime, str] | None = None
         self.antimicrobials: tuple[datetime, bool] | None = None
         self.responses: list[tuple[datetime, str]] = []
-        self.last_corticosteroid_at: datetime | None = None
+        self.doses: list[Dose] = []
+        #: therapy key (drug class, or drug outside the formulary) -> the latest therapy.
+        self.therapies: dict[str, Therapy] = {}
+        #: treatments known to follow the current event (a retrospective run knows them).
+        self.later: tuple[Dose, ...] = ()
         self.risk_factors = derived_risk_factors(patient, known_risk_factors)
 
     def add_observation(self, code: str, at: datetime, value: float) -> None:
@@ -166,32 +198,44 @@ class Facts:
             return None
         return at, value
 
-    def last_two(self, code: str, hours: float) -> list[tuple[datetime, float]]:
-        """The two most recent values, if both fall within `hours` before now."""
+    def trend_points(self, code: str, fresh_hours: float) -> list[tuple[datetime, float]]:
+        """The latest value, if at most `fresh_hours` old, and the value before it however old
+        (a rise after a long gap is a rise)."""
         s = self.series.get(code)
         if not s or len(s[0]) < 2:
             return []
         times, values = s
-        if (self.now - times[-2]).total_seconds() / 3600 > hours:
+        if (self.now - times[-1]).total_seconds() / 3600 > fresh_hours:
             return []
         return [(times[-2], values[-2]), (times[-1], values[-1])]
 
     def hours_since(self, t: datetime) -> float:
         return (self.now - t).total_seconds() / 3600
 
-    def infection_untreated(self) -> bool:
-        """Infection suspected or confirmed and no antimicrobials: the engine's safety check."""
-        if self.infection is None or self.infection[1] not in ("suspected", "confirmed"):
-            return False
-        return not (self.antimicrobials is not None and self.antimicrobials[1])
-
-    def icans_active(self) -> bool:
-        g = self.grades["icans"]
-        return bool(g) and g[-1][1] >= 1
-
-    def crs_active(self) -> bool:
-        g = self.grades["crs"]
-        return bool(g) and g[-1][1] >= 1
+    def doses_within(
+        self,
+        hours: float,
+        *,
+        classes: tuple[str, ...] = (),
+        drugs: tuple[str, ...] = (),
+        indications: tuple[str, ...] = (),
+        both_ways: bool = False,
+    ) -> list[Dose]:
+        """Doses matching the filters within `hours` before now (the current order set
+        included), and with `both_ways` also those known to follow within `hours`."""
+        found = []
+        pool: list[Dose] = list(self.doses)
+        if both_ways:
+            pool += self.later
+        for d in pool:
+            if (classes or drugs) and not (d.drug_class in classes or d.drug in drugs):
+                continue
+            if indications and d.indication not in indications:
+                continue
+            gap = (self.now - d.at).total_seconds() / 3600
+            if -hours <= gap <= hours if both_ways else 0 <= gap <= hours:
+                found.append(d)
+        return found
 
 
 @attrs.frozen
@@ -213,6 +257,9 @@ class CriteriaPlan:
         self.g = g
         p = g.parameters.get("lab_validity_hours")
         self.default_validity = p.value if p is not None else float("inf")
+        c = g.parameters.get("therapy_continuity_hours")
+        #: how long a therapy runs after its last dose (engine and `therapy` criteria).
+        self.continuity = c.value if c is not None else 24.0
         self.nodes = {name: self._compile(name, c) for name, c in g.criteria.items()}
 
     def _compile(self, name: str, c: m.Criterion) -> _Node:
@@ -251,7 +298,11 @@ class CriteriaPlan:
                 g.param(spec.min_change_pct) / 100,
             )
         if kind == "finding":
-            return (g.findings[spec.code].unrecorded == "absent",)
+            f = g.findings[spec.code]
+            valid = float("inf") if f.valid_hours is None else g.param(f.valid_hours)
+            return (f.unrecorded == "absent", valid)
+        if kind == "therapy":
+            return (self.continuity if spec.hours is None else g.param(spec.hours),)
         if kind in ("time_on_line", "time_since_infusion"):
             return (_OPS[spec.op], g.param(spec.hours))
         if kind == "risk":
@@ -264,10 +315,18 @@ class CriteriaPlan:
 class Evaluation:
     """Evaluates the criteria over the facts at one moment; each criterion at most once."""
 
-    def __init__(self, plan: CriteriaPlan | m.Guideline, facts: Facts) -> None:
+    def __init__(
+        self,
+        plan: CriteriaPlan | m.Guideline,
+        facts: Facts,
+        line_start: datetime | None = None,
+    ) -> None:
         self.plan = plan if isinstance(plan, CriteriaPlan) else CriteriaPlan(plan)
         self.g = self.plan.g
         self.facts = facts
+        #: when the current line started (default: the facts'); a route's later hop reads the
+        #: criteria as they will be once its line has started.
+        self.line_start = facts.line_started_at if line_start is None else line_start
         self.verdicts: dict[str, Verdict] = {}
 
     def __call__(self, name: str) -> Verdict:
@@ -319,8 +378,8 @@ def _ratio(ev: Evaluation, n: _Node) -> Verdict:
         return _missing(n.name, r.observation, f"no recent {r.observation} value")
     at, value = latest
     read = Reading(r.observation, value, unit, at)
+    base = ev.facts.baseline.get(r.observation)
     if ref is None:
-        base = ev.facts.baseline.get(r.observation)
         if base is None:
             return _missing(
                 n.name,
@@ -328,8 +387,14 @@ def _ratio(ev: Evaluation, n: _Node) -> Verdict:
                 f"no baseline {r.observation}",
                 (read,),
             )
-        ref = base[1]
+        ref, ref_name = base[1], "baseline"
         ref_read = Reading(f"baseline {r.observation}", ref, unit, base[0])
+    elif r.baseline_if_abnormal and base is not None and op(base[1], ref):
+        # The value at infusion was itself beyond the limit: compare with it instead.
+        ref_read = Reading(
+            f"baseline {r.observation} (abnormal at infusion)", base[1], unit, base[0]
+        )
+        ref, ref_name = base[1], "abnormal baseline"
     else:
         ref_read = Reading(ref_name, ref, unit)
     return Verdict(
@@ -343,14 +408,14 @@ def _ratio(ev: Evaluation, n: _Node) -> Verdict:
 def _trend(ev: Evaluation, n: _Node) -> Verdict:
     t: m.Trend = n.spec
     hours, unit, flat = n.args
-    # The direction now: the latest value against the one before it (an older value from
-    # before a peak must not hide a fall).
-    points = ev.facts.last_two(t.observation, hours)
+    # The direction now: the latest fresh value against the one before it, however old (an
+    # older value from before a peak must not hide a fall; a rise after a gap is a rise).
+    points = ev.facts.trend_points(t.observation, hours)
     if not points:
         return _missing(
             n.name,
-            f"{t.observation} (repeat within {hours:g} h for a trend)",
-            f"fewer than two {t.observation} values in {hours:g} h",
+            f"{t.observation} (a fresh value and an earlier one, for a trend)",
+            f"fewer than two {t.observation} values, or the latest older than {hours:g} h",
         )
     (t0, first), (t1, last) = points
     band = abs(first) * flat  # changes within the band are flat
@@ -363,7 +428,7 @@ def _trend(ev: Evaluation, n: _Node) -> Verdict:
     return Verdict(
         n.name,
         Tri.of(ok),
-        f"{t.observation} {first:g} -> {last:g} {unit} (last two values) "
+        f"{t.observation} {first:g} -> {last:g} {unit} (latest against the one before) "
         f"({t.direction.replace('_', ' ')}: {'yes' if ok else 'no'})",
         (Reading(t.observation, first, unit, t0), Reading(t.observation, last, unit, t1)),
     )
@@ -371,12 +436,15 @@ def _trend(ev: Evaluation, n: _Node) -> Verdict:
 
 def _finding(ev: Evaluation, n: _Node) -> Verdict:
     f: m.FindingTest = n.spec
-    (absent_unless_recorded,) = n.args
+    absent_unless_recorded, valid = n.args
     rec = ev.facts.findings.get(f.code)
-    if rec is None:
+    expired = rec is not None and ev.facts.hours_since(rec[0]) > valid
+    if rec is None or expired:
+        why = f"expired (recorded {format_time(rec[0])}, valid {valid:g} h)" if rec else None
         if absent_unless_recorded:
-            return Verdict(n.name, Tri.FALSE, f"{f.code} not recorded (counts as absent)")
-        return _missing(n.name, f"finding {f.code}", f"{f.code} not assessed")
+            detail = f"{f.code} {why or 'not recorded'} (counts as absent)"
+            return Verdict(n.name, Tri.FALSE, detail)
+        return _missing(n.name, f"finding {f.code}", f"{f.code} {why or 'not assessed'}")
     at, present, grade = rec
     shown: Any = False
     if present:
@@ -443,9 +511,11 @@ def _assessed(ev: Evaluation, n: _Node) -> Verdict:
 
 def _response(ev: Evaluation, n: _Node) -> Verdict:
     r: m.ResponseTest = n.spec
-    since = ev.facts.line_started_at
+    since = ev.line_start
     responses = ev.facts.responses
     if not responses or responses[-1][0] < since:
+        if r.unrecorded == "false":
+            return Verdict(n.name, Tri.FALSE, "no response assessment since the line started")
         return _missing(
             n.name,
             "response assessment on the current line",
@@ -457,6 +527,22 @@ def _response(ev: Evaluation, n: _Node) -> Verdict:
         Tri.of(kind in r.among),
         f"latest response {kind}",
         (Reading("response", kind, None, at),),
+    )
+
+
+def _therapy(ev: Evaluation, n: _Node) -> Verdict:
+    t: m.TherapyTest = n.spec
+    (hours,) = n.args
+    found = ev.facts.doses_within(hours, classes=t.classes, drugs=t.drugs, indications=t.indication)
+    what = ", ".join((*t.classes, *t.drugs))
+    if not found:
+        return Verdict(n.name, Tri.FALSE, f"no {what} within {hours:g} h")
+    d = found[-1]
+    return Verdict(
+        n.name,
+        Tri.TRUE,
+        f"{d.drug} at {format_time(d.at)} (within {hours:g} h)",
+        (Reading("dose", d.drug, None, d.at),),
     )
 
 
@@ -476,7 +562,7 @@ def _duration(since: str, what: str, reading: str) -> Callable[[Evaluation, _Nod
     def evaluate(ev: Evaluation, n: _Node) -> Verdict:
         d: m.Duration = n.spec
         op, limit = n.args
-        start: datetime = getattr(ev.facts, since)
+        start: datetime = ev.line_start if since == "line_started_at" else ev.facts.infusion_at
         hours = ev.facts.hours_since(start)
         return Verdict(
             n.name,
@@ -534,6 +620,7 @@ _EVALUATORS: dict[str, Callable[[Evaluation, _Node], Verdict]] = {
     "infection": _infection,
     "assessed": _assessed,
     "response": _response,
+    "therapy": _therapy,
     "risk": _risk,
     "time_on_line": _duration("line_started_at", "on the current line", "hours_on_line"),
     "time_since_infusion": _duration("infusion_at", "since infusion", "hours_since_infusion"),

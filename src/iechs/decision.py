@@ -10,10 +10,18 @@ from typing import Any, Literal
 import attrs
 
 from .criteria import Verdict
-from .model import Recommendation
+from .model import Dose, Recommendation
 from .timeline import format_time
 
-__all__ = ["ALERT_SEVERITY", "Alert", "Decision", "Deviation", "GuardResult", "run_to_json"]
+__all__ = [
+    "ALERT_SEVERITY",
+    "Action",
+    "Alert",
+    "Decision",
+    "Deviation",
+    "GuardResult",
+    "run_to_json",
+]
 
 Severity = Literal["critical", "warning", "info"]
 
@@ -23,6 +31,7 @@ ALERT_SEVERITY: dict[str, Severity] = {
     "immunosuppression_before_antimicrobials": "critical",
     "tocilizumab_with_icans": "warning",
     "off_guideline_therapy": "warning",
+    "treatment_unconfirmed": "warning",
     "reassessment_overdue": "warning",
     "escalation_due": "warning",
     "missing_data": "info",
@@ -36,12 +45,15 @@ class Alert:
     at: datetime
     message: str
     cite: tuple[str, ...] = ()
-    #: for missing_data: what to measure or assess.
+    #: for missing_data and treatment_unconfirmed: what to measure or assess.
     measure: tuple[str, ...] = ()
+    #: a guideline rule's alert carries the rule's severity; the engine's own alerts take the
+    #: fixed severity of their code (DESIGN.md).
+    level: Severity | None = None
 
     @property
     def severity(self) -> Severity:
-        return ALERT_SEVERITY[self.code]
+        return self.level or ALERT_SEVERITY[self.code]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -73,6 +85,44 @@ class Deviation:
             "reason": self.reason,
             "alert": self.alert,
         }
+
+
+@attrs.frozen
+class Action:
+    """What the guideline says to do now (DESIGN.md, "Actions")."""
+
+    code: str
+    text: str
+    cite: tuple[str, ...] = ()
+    verified: bool = False
+    drug: str | None = None
+    dose: Dose | None = None
+    route: tuple[str, ...] = ()
+    frequency: str | None = None
+    due_by: datetime | None = None
+    #: for `measure`: what to measure or assess.
+    measure: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "code": self.code,
+            "text": self.text,
+            "cite": list(self.cite),
+            "verified": self.verified,
+        }
+        if self.drug is not None:
+            out["drug"] = self.drug
+        if self.dose is not None:
+            out["dose"] = {"min": self.dose.min, "max": self.dose.max, "unit": self.dose.unit}
+        if self.route:
+            out["route"] = list(self.route)
+        if self.frequency is not None:
+            out["frequency"] = self.frequency
+        if self.due_by is not None:
+            out["due_by"] = format_time(self.due_by)
+        if self.measure:
+            out["measure"] = list(self.measure)
+        return out
 
 
 @attrs.frozen
@@ -131,10 +181,20 @@ class Decision:
     recommendations: tuple[Recommendation, ...] = ()
     alerts: tuple[Alert, ...] = ()
     deviations: tuple[Deviation, ...] = ()
+    #: states passed through on the way to `target` within this step (e.g. a recurrence:
+    #: resolved -> suspected -> first_line_steroids).
+    via: tuple[str, ...] = ()
+    actions: tuple[Action, ...] = ()
+    #: what the engine noted: a continuing therapy, a therapy counted in the line order, a
+    #: treatment confirmed by fresh data.
+    notes: tuple[str, ...] = ()
+    #: treatments known to follow this event within the concurrency windows (a retrospective
+    #: run): an input of the decision, kept so it can be replayed.
+    later: tuple[dict[str, Any], ...] = ()
 
     @property
     def changed(self) -> bool:
-        return self.source is not None and self.source != self.target
+        return self.source is not None and (self.source != self.target or bool(self.via))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -152,9 +212,16 @@ class Decision:
             "recommendations": [recommendation_to_json(r) for r in self.recommendations],
             "alerts": [a.to_json() for a in self.alerts],
             "deviations": [d.to_json() for d in self.deviations],
+            "actions": [a.to_json() for a in self.actions],
         }
         if self.inferred is not None:
             out["inferred"] = self.inferred
+        if self.via:
+            out["via"] = list(self.via)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.later:
+            out["later"] = list(self.later)
         return out
 
 
@@ -164,8 +231,9 @@ def run_to_json(
     """The `iechs run --format json` document."""
     path: list[str] = []
     for d in decisions:
-        if not path or path[-1] != d.target:
-            path.append(d.target)
+        for state in (*d.via, d.target):
+            if not path or path[-1] != state:
+                path.append(state)
     return {
         "format": "iechs.run/1",
         "guideline": guideline,
@@ -174,4 +242,5 @@ def run_to_json(
         "path": path,
         "steps": [d.to_json() for d in decisions],
         "alerts": [a.to_json() for d in decisions for a in d.alerts],
+        "actions": [a.to_json() for a in decisions[-1].actions] if decisions else [],
     }

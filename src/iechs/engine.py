@@ -1,25 +1,42 @@
 """The engine: an `Engine` per guideline, an `Episode` per patient, a `Decision` per event.
 
-One step: record the event in the episode's facts; raise time-based alerts (reassessment
-overdue, escalation due) at the first event past the deadline; send the matching machine event
-to the compiled statechart, whose guards evaluate the guideline's criteria; classify treatments
-the guideline does not sanction at that point as deviations (never transitions); attach the
-recommendations in force. Time is always the events' time: nothing here reads the clock.
+One step: record the event in the episode's facts; raise the reassessment duty at the first
+event past its deadline; choose the transition the event takes (a route, when it passes
+through a state); send it to the compiled statechart; apply the guideline's rules (alerts and
+deviations, as data); say what to do next (the guideline's actions). The Python here holds no
+drug name and no clinical threshold: those are the guideline's. Time is always the events' time.
+
+Semantics (DESIGN.md, "Time, order sets and therapies"):
+
+- Data events send `reassess`: the first transition whose guard is TRUE fires.
+- A treatment given for the guideline's condition sends its drug class's event. The first
+  transition whose guard is TRUE fires; failing that, the first whose guard is UNKNOWN fires
+  with `treatment_unconfirmed` (UNKNOWN never makes care off-guideline), and later fresh data
+  confirms it or records the deviation. With no such transition the treatment may go through a
+  state: a `reassess` transition to a state that takes it (a recurrence: resolved -> suspected
+  -> first line), or a running therapy given for another indication counted as the earlier
+  line. Otherwise a new therapy the guideline does not sanction is a deviation, once.
+- Doses of one drug class within the continuity time are one therapy, judged once; a therapy
+  keeps the indication it started with.
+- Events at one time are one order set (`timeline.canonical_order`); in a retrospective run
+  (`Engine.run`) the treatments that follow within the rules' windows are known (`later`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import attrs
 
 from .compiler import CompiledGuideline, TransitionRef, compile_guideline
-from .criteria import CriteriaPlan, Evaluation, Facts, Tri, Verdict
-from .decision import Alert, Decision, Deviation, GuardResult
+from .criteria import CriteriaPlan, Dose, Evaluation, Facts, Therapy, Tri, Verdict
+from .decision import Action, Alert, Decision, Deviation, GuardResult
 from .errors import EpisodeError, Problem
 from .loader import load_guideline
-from .model import Guideline
+from .model import Guideline, Rule
 from .timeline import (
     AssessmentEvent,
     CloseEvent,
@@ -41,20 +58,30 @@ from .timeline import (
 __all__ = ["SNAPSHOT_FORMAT", "Engine", "Episode"]
 
 SNAPSHOT_FORMAT = "iechs.episode/1"
-TOCILIZUMAB = "tocilizumab"
-
+#: the indication of the guideline's own condition (timeline vocabulary, DESIGN.md).
+CONDITION = "iec_hs"
+#: the machine events the engine sends for data and for closing (DESIGN.md).
+REASSESS, CLOSE = "reassess", "close"
 
 Runtime = Literal["statechart", "table"]
+
+
+@attrs.frozen
+class Hop:
+    """One transition of a route, with its guard's value and the line start it sets."""
+
+    ref: TransitionRef
+    value: Tri
+    line_start: datetime
+    note: str | None = None
 
 
 class Engine:
     """Compiles a guideline once; starts and restores episodes that share it.
 
-    `runtime="statechart"` (the default and the reference semantics) sends each machine event
-    to a python-statemachine instance. `runtime="table"` takes the same transitions from a
-    compiled table (source, event) -> transitions in declaration order, first enabled guard
-    wins: the statechart's semantics for this flat chart, without its per-event cost. A
-    differential Hypothesis test holds the two to the same decisions, byte for byte.
+    `runtime="statechart"` (the default) sends each machine event to a python-statemachine
+    instance, which follows the transition the engine chose; `runtime="table"` takes it from a
+    compiled table. A differential test holds the two to the same decisions, byte for byte.
     """
 
     def __init__(
@@ -66,7 +93,7 @@ class Engine:
         self.plan = CriteriaPlan(self.guideline)
         g = self.guideline
         self.known_risk_factors = set(g.risk_factors)
-        #: treatment line of each drug class: the line of the state its event leads to.
+        #: treatment line of each drug class: the lowest line its event leads to.
         self.class_line: dict[str, int] = {}
         for cid, cls in g.drug_classes.items():
             lines = [
@@ -81,6 +108,25 @@ class Engine:
         for ref in self.compiled.transitions:
             key = (ref.source, ref.event)
             self.outgoing[key] = (*self.outgoing.get(key, ()), ref)
+        self.rules_on: dict[str, list[tuple[str, Rule]]] = {
+            "start": [],
+            "treatment": [],
+            "step": [],
+        }
+        for rid, rule in g.rules.items():
+            self.rules_on[rule.upon].append((rid, rule))
+        #: how far a retrospective run looks ahead for concurrent treatments.
+        self.lookahead_hours = max(
+            (
+                g.param(c.hours)
+                for r in g.rules.values()
+                for c in (r.with_, r.without)
+                if c is not None
+            ),
+            default=0.0,
+        )
+        interval = g.parameters.get("reassessment_interval_hours")
+        self.reassessment_interval = interval
 
     @property
     def identity(self) -> dict[str, str]:
@@ -91,11 +137,13 @@ class Engine:
         return Episode(self, patient, episode_id or patient.id)
 
     def run(self, timeline: Timeline) -> Episode:
-        """Start an episode and step every event of the timeline through it."""
+        """Start an episode and step every event of the timeline through it, retrospectively:
+        each treatment decision knows the treatments that follow within the rules' windows."""
         episode = self.start(timeline.patient)
-        for i, event in enumerate(timeline.events):
+        events = timeline.events
+        for i, event in enumerate(events):
             try:
-                episode.step(event)
+                episode.step(event, later=self.later(events, i))
             except EpisodeError as exc:  # name the event as the file has it
                 where = timeline.positions[i] if timeline.positions else i
                 raise EpisodeError(
@@ -103,6 +151,20 @@ class Engine:
                     timeline.file,
                 ) from None
         return episode
+
+    def later(self, events: Sequence[Event], i: int) -> tuple[TreatmentEvent, ...]:
+        """The treatments after `events[i]` within the lookahead (only for a treatment)."""
+        event = events[i]
+        if not isinstance(event, TreatmentEvent) or self.lookahead_hours <= 0:
+            return ()
+        horizon = event.at + timedelta(hours=self.lookahead_hours)
+        found: list[TreatmentEvent] = []
+        for other in events[i + 1 :]:
+            if other.at > horizon:
+                break
+            if isinstance(other, TreatmentEvent):
+                found.append(other)
+        return tuple(found)
 
     def restore(self, snapshot: Any, file: str | None = None) -> Episode:
         """Rebuild an episode from `Episode.snapshot()`, replaying its recorded inputs."""
@@ -119,7 +181,8 @@ class Engine:
                 except ValueError as exc:
                     raise EpisodeError([Problem(str(exc), f"{path}.at")], file) from None
             else:
-                episode.step(parse_event(item, self.guideline, path, file))
+                event, later = self.parse_input(item, path, file)
+                episode.step(event, later=later)
         if episode.state != snapshot["state"]:
             raise EpisodeError(
                 [
@@ -132,6 +195,25 @@ class Engine:
                 file,
             )
         return episode
+
+    def parse_input(
+        self, item: Any, path: str, file: str | None
+    ) -> tuple[Event, tuple[TreatmentEvent, ...]]:
+        """A recorded input: the event, and the treatments that were known to follow it."""
+        later: list[TreatmentEvent] = []
+        if isinstance(item, dict) and "later" in item:
+            item = dict(item)
+            raw = item.pop("later")
+            if not isinstance(raw, list):
+                raise EpisodeError([Problem("expected a list", f"{path}.later")], file)
+            for k, other in enumerate(raw):
+                ev = parse_event(other, self.guideline, f"{path}.later[{k}]", file)
+                if not isinstance(ev, TreatmentEvent):
+                    raise EpisodeError(
+                        [Problem("expected a treatment", f"{path}.later[{k}]")], file
+                    )
+                later.append(ev)
+        return parse_event(item, self.guideline, path, file), tuple(later)
 
 
 def _snapshot_problems(snap: Any, identity: dict[str, str]) -> list[Problem]:
@@ -166,19 +248,25 @@ def _snapshot_problems(snap: Any, identity: dict[str, str]) -> list[Problem]:
 
 
 @attrs.define
-class _StepContext:
-    """Handed to the compiled guards: evaluates their criteria and records each verdict."""
+class _Follow:
+    """Handed to the compiled guards: the chart takes exactly the transition chosen."""
 
-    evaluation: Evaluation
-    results: list[GuardResult] = attrs.field(factory=list)
+    chosen: TransitionRef
 
     def check(self, ref: TransitionRef) -> bool:
-        t = ref.definition
-        tri = self.evaluation.guard(t.when, t.unless)
-        self.results.append(
-            GuardResult(ref.source, t.to, t.event, t.label, tri.value, t.when, t.unless)
-        )
-        return tri is Tri.TRUE
+        return ref == self.chosen
+
+
+@attrs.define
+class _Pending:
+    """A transition taken on an UNKNOWN guard, waiting for fresh data to confirm it."""
+
+    hop: Hop
+    drug: str
+    therapy: str
+
+
+_PLACEHOLDER = re.compile(r"\{(\$?[a-z_]+)\}")
 
 
 class Episode:
@@ -198,8 +286,11 @@ class Episode:
         self._cycle_line = 0
         self._last_reassessment: datetime | None = None
         self._overdue_flagged: datetime | None = None
-        self._escalation_flagged: datetime | None = None
-        self._missing_raised: set[str] = set()
+        #: what was asked for (missing data) and not yet provided -> the criteria that lacked it.
+        self._missing_raised: dict[str, tuple[str, ...]] = {}
+        #: `upon: step` rules already raised since the state was entered.
+        self._step_raised: set[str] = set()
+        self._pending: list[_Pending] = []
         self._start()
 
     # --- public ------------------------------------------------------------------------------
@@ -216,40 +307,72 @@ class Episode:
     def alerts(self) -> list[Alert]:
         return [a for d in self.decisions for a in d.alerts]
 
-    def step(self, event: Event) -> Decision:
-        """Record one event and decide; events arrive in time order."""
+    def step(self, event: Event, *, later: Sequence[TreatmentEvent] = ()) -> Decision:
+        """Record one event and decide; events arrive in time order. `later`: treatments known
+        to follow it (a retrospective run), for the rules' concurrency windows."""
         self._check_time(event.at, event.kind)
         ev_json = event_to_json(event)
-        self.inputs.append(ev_json)
+        later_json = tuple(event_to_json(e) for e in later)
+        self.inputs.append({**ev_json, "later": list(later_json)} if later_json else ev_json)
         at = event.at
         state = self.state
-        if at < self.facts.infusion_at:
+        f = self.facts
+        if at < f.infusion_at:
             if isinstance(event, ObservationEvent):
                 assert event.code is not None
-                self.facts.add_observation(event.code, at, event.value)
+                f.add_observation(event.code, at, event.value)
             return self._unchanged(at, ev_json)
-        self.facts.now = at
+        f.now = at
+        f.later = tuple(self._dose(e, e.indication) for e in later)
         # Closing ends the duties: no "overdue" at the close itself.
         alerts = [] if isinstance(event, CloseEvent) else self._overdue(at)
         self._ingest(event)
-        evaluation = Evaluation(self.engine.plan, self.facts)
-        machine_event, inferred, indication = self._machine_event(event, evaluation)
-        ctx = _StepContext(evaluation)
-        if machine_event is not None:
-            self._state = self._send(machine_event, ctx)
-        target = self._state
-        fired = self._fired(state, target, machine_event, ctx.results)
-        if fired is not None:
-            self._enter(target, at)
+        notes: list[str] = []
         deviations: list[Deviation] = []
-        if isinstance(event, TreatmentEvent):
-            deviations, treat_alerts = self._treatment_checks(
-                event, indication, fired, ctx.results, evaluation
+        results: list[GuardResult] = []
+        evaluation = Evaluation(self.engine.plan, f)
+        inferred: dict[str, str] | None = None
+        therapy: Therapy | None = None
+        new_therapy = False
+        machine_event: str | None = REASSESS
+        if isinstance(event, CloseEvent):
+            machine_event = CLOSE
+        elif isinstance(event, TreatmentEvent):
+            therapy, new_therapy, inferred = self._therapy(event, evaluation, notes)
+            cls = therapy.drug_class
+            machine_event = (
+                self.g.drug_classes[cls].event
+                if therapy.indication == CONDITION and cls is not None
+                else None
             )
-            alerts += treat_alerts
-        alerts += self._missing_data(at, ctx.results, evaluation)
-        if fired is None:
-            alerts += self._escalation_due(at, evaluation)
+            evaluation = Evaluation(self.engine.plan, f)  # the dose is now on record
+        route: list[Hop] = []
+        if machine_event is not None:
+            route = self._route(machine_event, therapy, evaluation, results)
+            for hop in route:
+                self._take(hop, therapy)
+                if hop.note:
+                    notes.append(hop.note)
+        target = self.state
+        fired = route[-1] if route else None
+        post = Evaluation(self.engine.plan, f) if route else evaluation
+        if isinstance(event, TreatmentEvent) and therapy is not None:
+            self._judge_treatment(
+                event,
+                therapy,
+                (route, new_therapy, state),
+                evaluation=evaluation,
+                results=results,
+                alerts=alerts,
+                deviations=deviations,
+            )
+        elif machine_event == REASSESS:
+            confirmed, pending_devs, pending_alerts = self._confirm(at)
+            notes += confirmed
+            deviations += pending_devs
+            alerts += pending_alerts
+        alerts += self._missing_data(at, results, evaluation, prune=machine_event == REASSESS)
+        alerts += self._step_rules(at, post)
         return self._record(
             Decision(
                 step=len(self.decisions),
@@ -258,31 +381,39 @@ class Episode:
                 source=state,
                 target=target,
                 machine_event=machine_event,
-                transition_label=fired.definition.label if fired else None,
-                transition_cite=fired.definition.cite if fired else (),
+                transition_label=fired.ref.definition.label if fired else None,
+                transition_cite=fired.ref.definition.cite if fired else (),
                 inferred=inferred,
-                guards=tuple(ctx.results),
+                guards=tuple(results),
                 criteria=tuple(evaluation.verdicts.values()),
                 recommendations=self._recs(target),
                 alerts=tuple(alerts),
                 deviations=tuple(deviations),
+                via=tuple(h.ref.target for h in route[:-1]),
+                actions=self._actions(post),
+                notes=tuple(notes),
+                later=later_json,
             )
         )
 
     def advance(self, to: datetime) -> Decision:
-        """What is due at time `to` (no new clinical data): time-based alerts only."""
+        """What is due at time `to` (no new clinical data): time-based alerts and actions."""
         self._check_time(to, "advance")
         self.inputs.append({"kind": "advance", "at": format_time(to)})
         alerts: list[Alert] = []
+        criteria: tuple[Verdict, ...] = ()
+        actions: tuple[Action, ...] = ()
         if to >= self.facts.infusion_at:
             self.facts.now = to
+            self.facts.later = ()
             alerts = self._overdue(to)
             evaluation = Evaluation(self.engine.plan, self.facts)
-            alerts += self._escalation_due(to, evaluation)
+            alerts += self._step_rules(to, evaluation)
+            actions = self._actions(evaluation)
             criteria = tuple(evaluation.verdicts.values())
-        else:
-            criteria = ()
-        return self._unchanged(to, {"kind": "advance", "at": format_time(to)}, criteria, alerts)
+        return self._unchanged(
+            to, {"kind": "advance", "at": format_time(to)}, criteria, alerts, actions
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready saved episode; `Engine.restore` continues it exactly."""
@@ -300,19 +431,11 @@ class Episode:
     def _start(self) -> None:
         at = self.facts.infusion_at
         evaluation = Evaluation(self.engine.plan, self.facts)
-        alerts: list[Alert] = []
-        if "high_risk" in self.g.criteria:
-            verdict = evaluation("high_risk")
-            if verdict.value is Tri.TRUE:
-                names = [self.g.risk_factors[f].text.rstrip(".") for f in self.facts.risk_factors]
-                alerts.append(
-                    Alert(
-                        "high_risk_patient",
-                        at,
-                        "High risk of IEC-HS: " + "; ".join(names) + ".",
-                        self.g.criteria["high_risk"].cite,
-                    )
-                )
+        alerts = [
+            self._alert(rule, at, evaluation)
+            for _, rule in self.engine.rules_on["start"]
+            if evaluation.guard(rule.when, rule.unless) is Tri.TRUE
+        ]
         state = self.state
         self._record(
             Decision(
@@ -324,6 +447,7 @@ class Episode:
                 criteria=tuple(evaluation.verdicts.values()),
                 recommendations=self._recs(state),
                 alerts=tuple(alerts),
+                actions=self._actions(evaluation),
             )
         )
 
@@ -333,9 +457,11 @@ class Episode:
         event: dict[str, Any],
         criteria: tuple[Verdict, ...] = (),
         alerts: list[Alert] | None = None,
+        actions: tuple[Action, ...] | None = None,
     ) -> Decision:
         """A decision that moves nothing: a baseline value, or time passing."""
         state = self.state
+        previous = self.decisions[-1].actions if self.decisions else ()
         return self._record(
             Decision(
                 step=len(self.decisions),
@@ -346,6 +472,7 @@ class Episode:
                 criteria=criteria,
                 recommendations=self._recs(state),
                 alerts=tuple(alerts or ()),
+                actions=previous if actions is None else actions,
             )
         )
 
@@ -390,108 +517,372 @@ class Episode:
         elif isinstance(event, ResponseEvent):
             f.responses.append((at, event.assessment))
             self._reassessed(at)
-        elif isinstance(event, TreatmentEvent):
-            cls = self.g.drug_class_of(event.drug)
-            if cls == "antimicrobial" or (cls is None and event.indication == "infection"):
-                f.antimicrobials = (at, True)
-            if cls == "corticosteroid":
-                f.last_corticosteroid_at = at
 
     def _reassessed(self, at: datetime) -> None:
         if self._last_reassessment is not None:
             self._last_reassessment = at
 
-    def _machine_event(
-        self, event: Event, evaluation: Evaluation
-    ) -> tuple[str | None, dict[str, str] | None, str | None]:
-        if isinstance(event, CloseEvent):
-            return "close", None, None
-        if not isinstance(event, TreatmentEvent):
-            return "reassess", None, None
+    def _judge_treatment(
+        self,
+        event: TreatmentEvent,
+        therapy: Therapy,
+        context: tuple[list[Hop], bool, str],
+        *,
+        evaluation: Evaluation,
+        results: list[GuardResult],
+        alerts: list[Alert],
+        deviations: list[Deviation],
+    ) -> None:
+        """The rules about a treatment, an unconfirmed transition, or an unsanctioned one."""
+        route, new_therapy, state = context
+        unknown = [h for h in route if h.value is Tri.UNKNOWN]
+        if unknown:
+            alerts.append(self._unconfirmed(event.drug, unknown, evaluation))
+        rule_devs, rule_alerts = self._treatment_rules(event, therapy, evaluation, state)
+        deviations += rule_devs
+        alerts += rule_alerts
+        if not route and therapy.indication == CONDITION and new_therapy and not rule_devs:
+            found = self._unsanctioned(event.drug, therapy, results)
+            if found is not None:
+                deviations.append(found[0])
+                alerts.append(found[1])
+
+    # --- therapies and indications -----------------------------------------------------------
+
+    def _dose(self, event: TreatmentEvent, indication: str | None) -> Dose:
+        return Dose(event.at, event.drug, self.g.drug_class_of(event.drug), indication)
+
+    def _therapy(
+        self, event: TreatmentEvent, evaluation: Evaluation, notes: list[str]
+    ) -> tuple[Therapy, bool, dict[str, str] | None]:
+        """Record the dose: it continues a running therapy of its class, or starts one. A
+        continuing dose keeps the therapy's indication (never revised backwards)."""
+        f = self.facts
         cls = self.g.drug_class_of(event.drug)
-        inferred = None
-        indication: str | None = event.indication
-        if indication is None:
-            indication, reason = self._infer_indication(cls, evaluation)
-            inferred = {"indication": indication, "reason": reason}
-        event_name = None
-        if indication == "iec_hs" and cls is not None:
-            event_name = self.g.drug_classes[cls].event
-        return event_name, inferred, indication
+        key = cls or f"drug:{event.drug}"
+        running = f.therapies.get(key)
+        continuing = (
+            running is not None
+            and f.hours_since(running.last_at) <= self.engine.plan.continuity
+            and event.indication in (None, running.indication)
+        )
+        inferred: dict[str, str] | None = None
+        if running is not None and continuing:
+            therapy = running
+            therapy.last_at = event.at
+            if event.indication is None:
+                inferred = {
+                    "indication": str(therapy.indication),
+                    "reason": f"continues the {therapy.drug} therapy started at "
+                    f"{format_time(therapy.started_at)}",
+                }
+        else:
+            indication: str | None = event.indication
+            if indication is None:
+                indication, reason = self._infer_indication(cls, evaluation)
+                inferred = {"indication": str(indication), "reason": reason}
+            therapy = Therapy(key, event.drug, cls, indication, event.at, event.at)
+            f.therapies[key] = therapy
+            if running is not None and running.indication != indication:
+                notes.append(
+                    f"{event.drug} starts a new therapy for {indication} (the {running.drug} "
+                    f"therapy for {running.indication} keeps its indication)"
+                )
+        f.doses.append(self._dose(event, therapy.indication))
+        return therapy, not continuing, inferred
 
     def _infer_indication(self, cls: str | None, evaluation: Evaluation) -> tuple[str, str]:
-        """DESIGN.md: drugs given while CRS or ICANS is active and IEC-HS criteria are not met
-        treat CRS/ICANS (outside this guideline); during IEC-HS treatment they treat IEC-HS."""
-        if cls == "antimicrobial":
-            return "infection", "antimicrobial drug"
-        if cls is None:
-            return "other", "drug not in the guideline's formulary"
-        state = self.g.states[self.state]
-        if state.line is not None or (state.phase == "outcome" and not state.final):
-            return "iec_hs", f"IEC-HS treatment in progress ({self.state})"
-        if (
-            "iec_hs_identified" in self.g.criteria
-            and evaluation("iec_hs_identified").value is Tri.TRUE
+        """The guideline's indication rules, first match (DESIGN.md: drugs given while CRS or
+        ICANS is active and the condition's criteria are not met treat CRS/ICANS)."""
+        for rule in self.g.indications:
+            if rule.classes and cls not in rule.classes:
+                continue
+            if rule.formulary is not None and (cls is not None) != rule.formulary:
+                continue
+            if rule.states and self.state not in rule.states:
+                continue
+            if rule.when and evaluation.guard(rule.when, ()) is not Tri.TRUE:
+                continue
+            return rule.indication, rule.reason
+        return "other", "no indication rule matches"
+
+    # --- routes ------------------------------------------------------------------------------
+
+    def _choose(
+        self,
+        state: str,
+        machine_event: str,
+        evaluation: Evaluation,
+        results: list[GuardResult] | None,
+        line_start: datetime,
+    ) -> Hop | None:
+        """The transition `machine_event` takes from `state`: the first TRUE guard, else (for a
+        treatment) the first UNKNOWN one."""
+        follow_unknown = machine_event not in (REASSESS, CLOSE)
+        unknown: Hop | None = None
+        for ref in self.engine.outgoing.get((state, machine_event), ()):
+            d = ref.definition
+            value = Tri.TRUE if not (d.when or d.unless) else evaluation.guard(d.when, d.unless)
+            if results is not None and (d.when or d.unless):
+                results.append(
+                    GuardResult(ref.source, d.to, d.event, d.label, value.value, d.when, d.unless)
+                )
+            if value is Tri.TRUE:
+                return Hop(ref, value, line_start)
+            if value is Tri.UNKNOWN and follow_unknown and unknown is None:
+                unknown = Hop(ref, value, line_start)
+        return unknown
+
+    def _evaluation_from(self, line_start: datetime) -> Evaluation:
+        """Criteria as they read once a line started at `line_start` (a route's later hop)."""
+        return Evaluation(self.engine.plan, self.facts, line_start)
+
+    def _route(
+        self,
+        machine_event: str,
+        therapy: Therapy | None,
+        evaluation: Evaluation,
+        results: list[GuardResult],
+    ) -> list[Hop]:
+        at = self.facts.now
+        state = self.state
+        direct = self._choose(state, machine_event, evaluation, results, at)
+        if direct is not None or machine_event in (REASSESS, CLOSE):
+            return [direct] if direct is not None else []
+        # Through a state: a reassessment transition to a state that takes this treatment.
+        for first in self._candidates(state, REASSESS, evaluation):
+            then = self._choose(
+                first.ref.target, machine_event, self._evaluation_from(at), None, at
+            )
+            if then is not None:
+                return [attrs.evolve(first, note=f"passes through {first.ref.target}"), then]
+        # A running therapy given for another indication, counted as the earlier line.
+        assert therapy is not None
+        line = self.engine.class_line.get(therapy.drug_class or "")
+        for other in sorted(
+            self.facts.therapies.values(),
+            key=lambda t: self.engine.class_line.get(t.drug_class or "", 0),
         ):
-            return "iec_hs", "IEC-HS criteria met"
-        if self.facts.crs_active():
-            return (
-                "crs",
-                "CRS active and IEC-HS criteria not met: treats CRS (outside this guideline)",
+            if other is therapy or other.indication == CONDITION or other.drug_class is None:
+                continue
+            other_line = self.engine.class_line.get(other.drug_class)
+            other_event = self.g.drug_classes[other.drug_class].event
+            running = self.facts.hours_since(other.last_at) <= self.engine.plan.continuity
+            if not running or other_event is None or other_line is None or line is None:
+                continue
+            if other_line >= line:
+                continue
+            first_hop = self._choose(state, other_event, evaluation, None, other.started_at)
+            if first_hop is None:
+                continue
+            then = self._choose(
+                first_hop.ref.target,
+                machine_event,
+                self._evaluation_from(other.started_at),
+                None,
+                at,
             )
-        if self.facts.icans_active():
-            return "icans", (
-                "ICANS active and IEC-HS criteria not met: treats ICANS (outside this guideline)"
-            )
-        if state.phase == "diagnosis":
-            return "iec_hs", f"IEC-HS suspected ({self.state})"
-        return "other", "no IEC-HS, CRS or ICANS at this time"
+            if then is not None:
+                other.counted = True
+                note = (
+                    f"{other.drug} (given for {other.indication} since "
+                    f"{format_time(other.started_at)}) counted as {first_hop.ref.target}"
+                )
+                return [attrs.evolve(first_hop, note=note), then]
+        return []
 
-    def _send(self, machine_event: str, ctx: _StepContext) -> str:
+    def _candidates(self, state: str, machine_event: str, evaluation: Evaluation) -> list[Hop]:
+        """Every transition on `machine_event` from `state` whose guard is not FALSE (a TRUE one
+        first), for routes through another state."""
+        found: list[Hop] = []
+        at = self.facts.now
+        for ref in self.engine.outgoing.get((state, machine_event), ()):
+            d = ref.definition
+            value = Tri.TRUE if not (d.when or d.unless) else evaluation.guard(d.when, d.unless)
+            if value is not Tri.FALSE and not self.g.states[d.to].final:
+                found.append(Hop(ref, value, at))
+        return sorted(found, key=lambda h: h.value is not Tri.TRUE)
+
+    def _take(self, hop: Hop, therapy: Therapy | None) -> None:
+        ref = hop.ref
         if self.machine is not None:
-            self.machine.send(machine_event, ctx=ctx)
-            return str(next(iter(self.machine.configuration)).id)
-        for ref in self.engine.outgoing.get((self._state, machine_event), ()):
-            d = ref.definition
-            if not (d.when or d.unless) or ctx.check(ref):
-                return d.to
-        return self._state
+            self.machine.send(ref.event, ctx=_Follow(ref))
+            reached = str(next(iter(self.machine.configuration)).id)
+            assert reached == ref.target, (reached, ref.target)
+        self._state = ref.target
+        self._enter(ref.target, hop.line_start)
+        if hop.value is Tri.UNKNOWN and therapy is not None:
+            self._pending.append(_Pending(hop, therapy.drug, therapy.key))
 
-    def _fired(
-        self, source: str, target: str, machine_event: str | None, results: list[GuardResult]
-    ) -> TransitionRef | None:
-        if machine_event is None or source == target:
-            return None
-        for ref in self.engine.outgoing.get((source, machine_event), ()):
-            d = ref.definition
-            if d.to == target and (
-                not (d.when or d.unless)
-                or any(r.target == target and r.result == "TRUE" for r in results)
-            ):
-                return ref
-        return None  # pragma: no cover - the chart only moves along a declared transition
-
-    def _enter(self, target: str, at: datetime) -> None:
+    def _enter(self, target: str, line_start: datetime) -> None:
         s = self.g.states[target]
-        self.facts.line_started_at = at
-        self._missing_raised = set()
+        self.facts.line_started_at = line_start
+        self._missing_raised = {}
+        self._step_raised = set()
         if s.line is not None:
             self._cycle_line = max(self._cycle_line, s.line)
-        elif s.phase in ("surveillance", "diagnosis"):
+        else:
             self._cycle_line = 0
+            self._pending = []
         active = s.phase in ("diagnosis", "treatment")
-        self._last_reassessment = at if active else None
+        self._last_reassessment = self.facts.now if active else None
         self._overdue_flagged = None
-
-    def _current_line(self) -> int:
-        s = self.g.states[self.state]
-        return s.line if s.line is not None else self._cycle_line
 
     # --- alerts ------------------------------------------------------------------------------
 
+    def _alert(self, rule: Rule, at: datetime, evaluation: Evaluation, **values: str) -> Alert:
+        f = self.facts
+        values.setdefault("state", self.g.states[self.state].name)
+        values.setdefault("infection", f.infection[1] if f.infection else "not assessed")
+        values.setdefault(
+            "risk_factors",
+            "; ".join(self.g.risk_factors[r].text.rstrip(".") for r in f.risk_factors),
+        )
+
+        def fill(m: re.Match[str]) -> str:
+            key = m.group(1)
+            if key.startswith("$"):
+                return f"{self.g.param(key):g}"
+            return values.get(key, m.group(0))
+
+        message = _PLACEHOLDER.sub(fill, " ".join(rule.message.split()))
+        return Alert(rule.alert, at, message, rule.cite, level=rule.severity)
+
+    def _treatment_rules(
+        self, event: TreatmentEvent, therapy: Therapy, evaluation: Evaluation, state: str
+    ) -> tuple[list[Deviation], list[Alert]]:
+        """The guideline's treatment rules, each at most once per therapy."""
+        deviations: list[Deviation] = []
+        alerts: list[Alert] = []
+        cls = therapy.drug_class
+        for rid, rule in self.engine.rules_on["treatment"]:
+            match = rule.treatment
+            if rid in therapy.raised or match is None:
+                continue
+            if match.classes and cls not in match.classes:
+                continue
+            if match.drugs and event.drug not in match.drugs:
+                continue
+            if match.indications and therapy.indication not in match.indications:
+                continue
+            if match.immunosuppressive is not None and (
+                cls is None or self.g.drug_classes[cls].immunosuppressive != match.immunosuppressive
+            ):
+                continue
+            if rule.states and state not in rule.states:
+                continue
+            if (rule.when or rule.unless) and evaluation.guard(
+                rule.when, rule.unless
+            ) is not Tri.TRUE:
+                continue
+            if rule.with_ is not None and not self._concurrent(
+                rule.with_.classes, rule.with_.hours
+            ):
+                continue
+            if rule.without is not None and self._concurrent(
+                rule.without.classes, rule.without.hours
+            ):
+                continue
+            therapy.raised.add(rid)
+            alert = self._alert(
+                rule,
+                event.at,
+                evaluation,
+                drug=event.drug,
+                indication=str(therapy.indication),
+                **{"class": self.g.drug_classes[cls].name if cls else "not in the formulary"},
+            )
+            alerts.append(alert)
+            if rule.deviation is not None:
+                deviations.append(Deviation(event.drug, cls, rule.deviation, rule.alert))
+        return deviations, alerts
+
+    def _concurrent(self, classes: tuple[str, ...], hours: Any) -> bool:
+        return bool(self.facts.doses_within(self.g.param(hours), classes=classes, both_ways=True))
+
+    def _unsanctioned(
+        self, drug: str, therapy: Therapy, results: list[GuardResult]
+    ) -> tuple[Deviation, Alert] | None:
+        """A new therapy for the condition that moved nothing: off-guideline, unless its class
+        belongs to a line already entered (a therapy that continues, e.g. steroids on line 2)."""
+        cls = therapy.drug_class
+        at = self.facts.now
+        if "unsanctioned" in therapy.raised:
+            return None
+        if cls is None:
+            reason = "not in the formulary"
+            message = f"{drug} is not in the guideline's formulary."
+        else:
+            line = self.engine.class_line.get(cls)
+            if line is None or line <= self._cycle_line:
+                return None
+            current = self._cycle_line
+            failed = [r for r in results if r.result != Tri.TRUE.value]
+            if failed:
+                reason = "; ".join(f"{r.label}: guard {r.result}" for r in failed)
+            elif line > current + 1:
+                reason = f"skips a line: line {line} while on line {current}"
+            else:
+                reason = f"not sanctioned from {self.state}"
+            message = (
+                f"{drug} ({self.g.drug_classes[cls].name}) not sanctioned now ({reason}): "
+                "recorded as a deviation, the state does not change."
+            )
+        therapy.raised.add("unsanctioned")
+        return (
+            Deviation(drug, cls, reason, "off_guideline_therapy"),
+            Alert("off_guideline_therapy", at, message),
+        )
+
+    def _unconfirmed(self, drug: str, hops: list[Hop], evaluation: Evaluation) -> Alert:
+        names = tuple(
+            n
+            for h in hops
+            for n in (*h.ref.definition.when, *h.ref.definition.unless)
+            if evaluation(n).value is Tri.UNKNOWN
+        )
+        measure = evaluation.missing_for(names)
+        labels = "; ".join(h.ref.definition.label for h in hops)
+        return Alert(
+            "treatment_unconfirmed",
+            self.facts.now,
+            f"{drug} recorded; the guideline cannot confirm it yet ({labels}): measure or "
+            f"assess {', '.join(measure)}. The state follows the treatment until fresh data "
+            "confirms it or records a deviation.",
+            measure=measure,
+        )
+
+    def _confirm(self, at: datetime) -> tuple[list[str], list[Deviation], list[Alert]]:
+        """Fresh data decides the transitions taken on UNKNOWN guards."""
+        notes: list[str] = []
+        deviations: list[Deviation] = []
+        alerts: list[Alert] = []
+        keep: list[_Pending] = []
+        for p in self._pending:
+            d = p.hop.ref.definition
+            value = self._evaluation_from(p.hop.line_start).guard(d.when, d.unless)
+            if value is Tri.UNKNOWN:
+                keep.append(p)
+            elif value is Tri.TRUE:
+                notes.append(f"{p.drug}: {d.label} confirmed by fresh data")
+            else:
+                cls = self.g.drug_class_of(p.drug)
+                reason = f"not confirmed by fresh data ({d.label}: guard FALSE)"
+                deviations.append(Deviation(p.drug, cls, reason, "off_guideline_therapy"))
+                alerts.append(
+                    Alert(
+                        "off_guideline_therapy",
+                        at,
+                        f"{p.drug}: the fresh data do not support it ({d.label}): recorded "
+                        "as a deviation.",
+                    )
+                )
+        self._pending = keep
+        return notes, deviations, alerts
+
     def _overdue(self, at: datetime) -> list[Alert]:
         last = self._last_reassessment
-        interval = self.g.parameters.get("reassessment_interval_hours")
+        interval = self.engine.reassessment_interval
         if last is None or interval is None:
             return []
         deadline = last + timedelta(hours=interval.value)
@@ -508,34 +899,26 @@ class Episode:
             )
         ]
 
-    def _escalation_due(self, at: datetime, evaluation: Evaluation) -> list[Alert]:
-        state = self.state
-        if (
-            self.g.states[state].phase != "treatment"
-            or self._escalation_flagged == self.facts.line_started_at
-        ):
-            return []
-        escalation_events = {c.event for c in self.g.drug_classes.values() if c.event}
-        for t in self.g.states[state].transitions:
-            if (
-                t.event in escalation_events
-                and (t.when or t.unless)
-                and evaluation.guard(t.when, t.unless) is Tri.TRUE
-            ):
-                self._escalation_flagged = self.facts.line_started_at
-                return [
-                    Alert(
-                        "escalation_due",
-                        at,
-                        f"Escalation due: {t.label} -> {self.g.states[t.to].name}.",
-                        t.cite,
-                    )
-                ]
-        return []
+    def _step_rules(self, at: datetime, evaluation: Evaluation) -> list[Alert]:
+        """`upon: step` rules of the current state, each once per entry into the state."""
+        out: list[Alert] = []
+        for rid, rule in self.engine.rules_on["step"]:
+            if rid in self._step_raised or (rule.states and self.state not in rule.states):
+                continue
+            if evaluation.guard(rule.when, rule.unless) is Tri.TRUE:
+                self._step_raised.add(rid)
+                out.append(self._alert(rule, at, evaluation))
+        return out
 
     def _missing_data(
-        self, at: datetime, results: list[GuardResult], evaluation: Evaluation
+        self, at: datetime, results: list[GuardResult], evaluation: Evaluation, *, prune: bool
     ) -> list[Alert]:
+        if prune:  # what was provided since it was asked for is asked again when missing anew
+            for item, names in list(self._missing_raised.items()):
+                if item not in evaluation.missing_for(
+                    tuple(n for n in names if evaluation(n).value is Tri.UNKNOWN)
+                ):
+                    del self._missing_raised[item]
         unknown = [r for r in results if r.result == Tri.UNKNOWN.value]
         if not unknown:
             return []
@@ -543,9 +926,10 @@ class Episode:
             n for r in unknown for n in (*r.when, *r.unless) if evaluation(n).value is Tri.UNKNOWN
         )
         measure = evaluation.missing_for(names)
-        if not set(measure) - self._missing_raised:
-            return []  # already asked for in this state
-        self._missing_raised |= set(measure)
+        if not set(measure) - set(self._missing_raised):
+            return []  # already asked for
+        for item in measure:
+            self._missing_raised[item] = names
         labels = "; ".join(r.label for r in unknown)
         return [
             Alert(
@@ -556,124 +940,59 @@ class Episode:
             )
         ]
 
-    def _treatment_checks(
-        self,
-        event: TreatmentEvent,
-        indication: str | None,
-        fired: TransitionRef | None,
-        results: list[GuardResult],
-        evaluation: Evaluation,
-    ) -> tuple[list[Deviation], list[Alert]]:
-        g, f, at = self.g, self.facts, event.at
-        cls = g.drug_class_of(event.drug)
-        alerts: list[Alert] = []
-        deviations: list[Deviation] = []
-        if event.drug == TOCILIZUMAB and f.icans_active():
-            alerts.append(
-                Alert(
-                    "tocilizumab_with_icans",
-                    at,
-                    "Tocilizumab while ICANS is present: it may worsen neurologic "
-                    "symptoms; use with caution.",
-                    ("seed-summary",),
-                )
-            )
-        if indication != "iec_hs":
-            return deviations, alerts
-        if cls is None:
-            alerts.append(
-                Alert(
-                    "off_guideline_therapy",
-                    at,
-                    f"{event.drug} is not in the guideline's IEC-HS formulary.",
-                )
-            )
-            deviations.append(
-                Deviation(event.drug, None, "not in the formulary", "off_guideline_therapy")
-            )
-            return deviations, alerts
-        dc = g.drug_classes[cls]
-        infection_blocks = dc.immunosuppressive and f.infection_untreated()
-        if infection_blocks:
-            status = f.infection[1] if f.infection else "suspected"
-            alerts.append(
-                Alert(
-                    "immunosuppression_before_antimicrobials",
-                    at,
-                    f"{event.drug} (immunosuppression) while infection is {status} and "
-                    "antimicrobials have not started: start antimicrobials first.",
-                    ("seed-summary",),
-                )
-            )
-        if cls == "il6_blockade":
-            il6_alert, il6_dev = self._il6_check(event.drug, at)
-            alerts.append(il6_alert)
-            deviations.append(il6_dev)
-            return deviations, alerts
-        if infection_blocks and fired is None:
-            deviations.append(
-                Deviation(
-                    event.drug,
-                    cls,
-                    "infection not yet treated",
-                    "immunosuppression_before_antimicrobials",
-                )
-            )
-            return deviations, alerts
-        line = self.engine.class_line.get(cls)
-        if fired is not None or line is None or line <= self._current_line():
-            return deviations, alerts
-        current = self._current_line()
-        if line > current + 1:
-            reason = f"skips a line: line {line} while on line {current}"
-        else:
-            failed = [r for r in results if r.result != Tri.TRUE.value]
-            reason = (
-                "; ".join(f"{r.label}: guard {r.result}" for r in failed)
-                or "not sanctioned from this state"
-            )
-        alerts.append(
-            Alert(
-                "off_guideline_therapy",
-                at,
-                f"{event.drug} ({dc.name}) not sanctioned now ({reason}): recorded "
-                "as a deviation, the state does not change.",
-            )
-        )
-        deviations.append(Deviation(event.drug, cls, reason, "off_guideline_therapy"))
-        return deviations, alerts
+    # --- actions -----------------------------------------------------------------------------
 
-    def _il6_check(self, drug: str, at: datetime) -> tuple[Alert, Deviation]:
-        """IL-6 blockade for IEC-HS is never a line here; alone it is a critical alert."""
-        window = self.g.parameters.get("concurrent_steroid_window_hours")
-        hours = window.value if window else 24.0
-        last = self.facts.last_corticosteroid_at
-        if last is None or (at - last) > timedelta(hours=hours):
-            return (
-                Alert(
-                    "il6_monotherapy",
-                    at,
-                    f"{drug} without a corticosteroid in the last {hours:g} h: IL-6 "
-                    "blockade is not recommended as monotherapy for IEC-HS.",
-                    ("seed-news-2026",),
-                ),
-                Deviation(
-                    drug, "il6_blockade", "IL-6 blockade without corticosteroid", "il6_monotherapy"
+    def _actions(self, evaluation: Evaluation) -> tuple[Action, ...]:
+        """What the guideline says to do now, in its order; an action whose criteria are
+        UNKNOWN becomes one `measure` action naming what to measure."""
+        out: list[Action] = []
+        missing: list[str] = []
+        waiting: list[str] = []
+        measure_at: int | None = None
+        for a in self.g.actions.values():
+            if self.state not in a.states:
+                continue
+            value = evaluation.guard(a.when, a.unless)
+            if value is Tri.FALSE:
+                continue
+            if value is Tri.UNKNOWN:
+                names = tuple(n for n in (*a.when, *a.unless) if evaluation(n).value is Tri.UNKNOWN)
+                missing += [x for x in evaluation.missing_for(names) if x not in missing]
+                waiting.append(" ".join(a.text.split()).rstrip("."))
+                if measure_at is None:
+                    measure_at = len(out)
+                continue
+            out.append(self._action(a.code, a, evaluation))
+        if measure_at is not None:
+            out.insert(
+                measure_at,
+                Action(
+                    "measure",
+                    f"Measure or assess {', '.join(missing)}: needed to decide "
+                    + "; ".join(dict.fromkeys(waiting))
+                    + ".",
+                    measure=tuple(missing),
                 ),
             )
-        return (
-            Alert(
-                "off_guideline_therapy",
-                at,
-                f"{drug}: IL-6 blockade is not part of this guideline's IEC-HS treatment.",
-                ("seed-news-2026",),
-            ),
-            Deviation(
-                drug,
-                "il6_blockade",
-                "IL-6 blockade is not a line of this guideline",
-                "off_guideline_therapy",
-            ),
+        return tuple(out)
+
+    def _action(self, code: str, a: Any, evaluation: Evaluation) -> Action:
+        rec = self.g.recommendation(a.recommendation) if a.recommendation else None
+        due = None
+        interval = self.engine.reassessment_interval
+        if a.due == "reassessment" and self._last_reassessment is not None and interval:
+            due = self._last_reassessment + timedelta(hours=interval.value)
+        cite = tuple(dict.fromkeys((*a.cite, *(rec.cite if rec else ()))))
+        return Action(
+            code,
+            " ".join(a.text.split()),
+            cite,
+            a.verified and (rec is None or rec.verified),
+            drug=rec.drug if rec else None,
+            dose=rec.dose if rec else None,
+            route=rec.route if rec else (),
+            frequency=rec.frequency if rec else None,
+            due_by=due,
         )
 
     def _recs(self, state: str) -> tuple[Any, ...]:

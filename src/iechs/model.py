@@ -13,18 +13,13 @@ import attrs
 
 __all__ = [
     "ALL_CRITERION_KINDS",
-    "ActionDef",
-    "Concurrent",
-    "IndicationRule",
-    "OrderSets",
-    "Rule",
-    "TherapyTest",
-    "TreatmentMatch",
     "PROPERTY_KINDS",
+    "ActionDef",
     "Assessed",
     "CanReach",
     "Citable",
     "Cites",
+    "Concurrent",
     "CountOf",
     "Criterion",
     "Dose",
@@ -39,24 +34,29 @@ __all__ = [
     "GradeTest",
     "Guideline",
     "GuidelineMeta",
+    "IndicationRule",
     "InfectionTest",
     "NeverTogether",
     "NeverWithout",
     "ObservationDef",
     "Op",
     "OrderOfLines",
+    "OrderSets",
     "Parameter",
     "Profile",
     "Ratio",
     "Recommendation",
     "ResponseTest",
     "RiskTest",
+    "Rule",
     "SafetyProperty",
     "Source",
     "StateDef",
     "Statement",
+    "TherapyTest",
     "Threshold",
     "TransitionDef",
+    "TreatmentMatch",
     "Trend",
 ]
 
@@ -416,9 +416,9 @@ Severity = Literal["critical", "warning", "info"]
 class Rule(Citable):
     """An alert (and optionally a deviation) the guideline raises.
 
-    `on: treatment` rules look at each recorded treatment that `treatment` matches and fire
-    once per therapy (repeated doses of a drug already started are one therapy); `on: start`
-    rules fire once when the episode starts; `on: step` rules fire once per entry into one of
+    `upon: treatment` rules look at each recorded treatment that `treatment` matches and fire
+    once per therapy (repeated doses of a drug already started are one therapy); `upon: start`
+    rules fire once when the episode starts; `upon: step` rules fire once per entry into one of
     the states `in`. Criteria in `when`/`unless` must be TRUE/FALSE (UNKNOWN never fires a
     rule); `with`/`without` ask for a concurrent therapy or for none. The message may name
     `{drug}`, `{class}`, `{indication}`, `{infection}`, `{state}` and `{$parameter}`."""
@@ -426,7 +426,7 @@ class Rule(Citable):
     alert: str
     severity: Severity
     message: str
-    on: Literal["start", "treatment", "step"] = "treatment"
+    upon: Literal["start", "treatment", "step"] = "treatment"
     treatment: TreatmentMatch | None = None
     states: tuple[str, ...] = ()
     when: tuple[str, ...] = ()

@@ -9,11 +9,12 @@ from rich.table import Table
 from rich.text import Text
 
 from .checks import citables
-from .decision import Decision
+from .decision import Action, Decision
 from .model import Guideline
 from .verify import Report
 
 __all__ = [
+    "describe_action",
     "describe_event",
     "print_run",
     "print_unverified",
@@ -59,6 +60,25 @@ def describe_event(ev: dict[str, Any]) -> str:
     return str(kind)
 
 
+def describe_action(a: Action) -> str:
+    """One line for an action: what to do, the drug and dose, when it is due, its sources."""
+    parts = [f"{a.code}: {a.text}"]
+    if a.drug is not None:
+        drug = a.drug
+        if a.dose is not None:
+            drug += f" {a.dose.min:g}-{a.dose.max:g} {a.dose.unit}"
+        if a.route:
+            drug += " " + "/".join(a.route)
+        if a.frequency:
+            drug += f" {a.frequency}"
+        parts.append(f"({drug})")
+    if a.due_by is not None:
+        parts.append(f"due by {a.due_by.strftime('%Y-%m-%d %H:%M')}")
+    if a.cite:
+        parts.append(f"[{', '.join(a.cite)}]" + ("" if a.verified else " [unverified]"))
+    return " ".join(parts)
+
+
 def _console() -> Console:
     console = Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:  # piped or captured: a stable, readable width
@@ -98,6 +118,10 @@ def print_run(title: str, decisions: list[Decision], console: Console | None = N
             console.print(line)
     final = decisions[-1]
     console.print(f"Final state: [bold]{final.target}[/bold]")
+    if final.actions:
+        console.print("Next actions:")
+        for i, action in enumerate(final.actions, 1):
+            console.print(f"  {i}. {describe_action(action)}", markup=False)
     if final.recommendations:
         console.print("Recommendations in force:")
         for r in final.recommendations:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from .errors import Problem, TimelineError, structuring_problems, unknown_name
 from .model import Guideline
+from .units import unit_factor
 
 __all__ = [
     "AssessmentEvent",
@@ -33,6 +34,7 @@ __all__ = [
     "ResponseEvent",
     "Timeline",
     "TreatmentEvent",
+    "canonical_order",
     "event_to_json",
     "format_time",
     "load_timeline",
@@ -275,7 +277,7 @@ def _canonical_value(
             Problem(unknown_name("observation code", code, g.observations), f"{path}.code")
         )
         return None
-    factor = obs.units.get(unit)
+    factor = unit_factor(unit, obs.units, canonical=obs.unit)
     if factor is None:
         problems.append(
             Problem(
@@ -350,11 +352,41 @@ def parse_timeline(data: Any, g: Guideline, file: str | None = None) -> Timeline
     events = [check_event(ev, g, f"$.events[{i}]", problems) for i, ev in enumerate(raw.events)]
     if problems:
         raise TimelineError(problems, file)
-    # sorted() is stable: ties keep input order
-    order = sorted(range(len(events)), key=lambda i: events[i].at)
+    order = canonical_order(events, g)
     return Timeline(
         patient=patient, events=tuple(events[i] for i in order), positions=tuple(order), file=file
     )
+
+
+#: within one time, facts come before treatments, and the close comes last.
+_KIND_RANK = {
+    "observation": 0,
+    "finding": 1,
+    "assessment": 2,
+    "response": 3,
+    "treatment": 4,
+    "close": 5,
+}
+
+
+def canonical_order(events: Sequence[Event], g: Guideline) -> list[int]:
+    """The indexes of `events` in decision order: by time; events at one time are one order
+    set, put in an order that does not depend on the input's: facts first, then treatments by
+    their drug class in the guideline's `order_sets.sequence` (antimicrobials before the
+    immunosuppression they go alongside), then by content."""
+    sequence = g.order_sets.sequence if g.order_sets is not None else ()
+    rank = {cls: i for i, cls in enumerate(sequence)}
+
+    def key(i: int) -> tuple[Any, ...]:
+        ev = events[i]
+        cls_rank = len(rank)
+        if isinstance(ev, TreatmentEvent):
+            cls = g.drug_class_of(ev.drug)
+            cls_rank = rank.get(cls, len(rank)) if cls is not None else len(rank)
+        content = json.dumps(event_to_json(ev), sort_keys=True)
+        return (ev.at, _KIND_RANK[ev.kind], cls_rank, content)
+
+    return sorted(range(len(events)), key=key)
 
 
 def _check_patient(p: Patient, g: Guideline, problems: list[Problem]) -> Patient:

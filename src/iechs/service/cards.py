@@ -16,10 +16,10 @@ from typing import Any
 
 from ..audit.records import canonical
 from ..criteria import Tri
-from ..decision import ALERT_SEVERITY, Alert, Decision
+from ..decision import Action, Alert, Decision
 from ..model import Guideline, Recommendation
 from ..timeline import format_time
-from .orders import DraftOrder
+from .orders import IECHS_SYSTEM, DraftOrder
 
 __all__ = [
     "MAX_SUMMARY",
@@ -56,6 +56,8 @@ TOPIC_DISPLAY = {
     "reassessment_overdue": "Reassessment overdue",
     "escalation_due": "Escalation due",
     "missing_data": "Data missing to decide",
+    "treatment_unconfirmed": "Treatment not yet confirmed by the data",
+    "actions": "What to do next",
     "high_risk_patient": "High risk of IEC-HS",
 }
 _NAMESPACE = uuid.UUID("6c1f9d4e-2b7a-4f0e-9a53-8d2e1c7b4a90")
@@ -155,6 +157,51 @@ class CardMaker:
         )
 
     # --- cards -----------------------------------------------------------------------------
+
+    def actions_card(
+        self, actions: Sequence[Action], *, state: str, patient: str
+    ) -> dict[str, Any] | None:
+        """The leading card: what the guideline says to do now, in its order; a drug action
+        with a sourced dose comes with a suggestion to create the draft order."""
+        if not actions:
+            return None
+        lines = ["**What to do next**", ""]
+        cites: list[str] = []
+        for i, a in enumerate(actions, 1):
+            extra = []
+            if a.drug is not None:
+                extra.append(a.drug)
+            if a.dose is not None:
+                extra.append(f"{a.dose.min:g}-{a.dose.max:g} {a.dose.unit}")
+            if a.route:
+                extra.append("/".join(a.route))
+            if a.frequency:
+                extra.append(a.frequency)
+            if a.due_by is not None:
+                extra.append(f"due by {_shown_time(a.due_by)}")
+            flag = "" if a.verified else " *(not yet verified)*"
+            more = f" ({', '.join(extra)})" if extra else ""
+            lines.append(f"{i}. `{a.code}`: {a.text}{more} [{', '.join(a.cite)}]{flag}")
+            cites += a.cite
+        treatment = any(a.code.startswith(("start_", "add_")) for a in actions)
+        first = actions[0]
+        card: dict[str, Any] = {
+            "summary": summary_text(f"Next: {first.text}"),
+            "detail": "\n".join(lines)
+            + f"\n\nThe episode is in **{self.g.states[state].name}** (`{state}`)."
+            + self._sources_md(cites)
+            + self._footer(),
+            "indicator": "warning" if treatment else "info",
+            "source": self.source(cites, "actions", TOPIC_DISPLAY["actions"]),
+        }
+        suggestions = [
+            _order_suggestion(a, patient) for a in actions if a.drug is not None and a.dose
+        ]
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "at-most-one"
+        card["links"] = self._links()
+        return card
 
     def _statement(self, text: str, cite: Sequence[str], verified: bool) -> str:
         flag = "" if verified else " *(not yet verified)*"
@@ -265,10 +312,52 @@ class CardMaker:
                 }
             ]
             card["selectionBehavior"] = "at-most-one"
-        if ALERT_SEVERITY[alert.code] != "info":
+        if alert.severity != "info":
             card["overrideReasons"] = [
                 {"system": OVERRIDE_SYSTEM, "code": code, "display": display}
                 for code, display in OVERRIDE_REASONS
             ]
         card["links"] = self._links()
         return card
+
+
+def _order_suggestion(a: Action, patient: str) -> dict[str, Any]:
+    """A draft MedicationRequest for a drug action, with the guideline's dose range."""
+    assert a.drug is not None
+    assert a.dose is not None
+
+    def quantity(value: float) -> dict[str, Any]:
+        return {
+            "value": value,
+            "unit": a.dose.unit if a.dose else "",
+            "system": "http://unitsofmeasure.org",
+            "code": a.dose.unit if a.dose else "",
+        }
+
+    dosage: dict[str, Any] = {
+        "text": f"{a.dose.min:g}-{a.dose.max:g} {a.dose.unit}"
+        + (f" {'/'.join(a.route)}" if a.route else "")
+        + (f" {a.frequency}" if a.frequency else ""),
+        "doseAndRate": [{"doseRange": {"low": quantity(a.dose.min), "high": quantity(a.dose.max)}}],
+    }
+    if a.route:
+        dosage["route"] = {"text": a.route[0]}
+    resource = {
+        "resourceType": "MedicationRequest",
+        "status": "draft",
+        "intent": "proposal",
+        "subject": {"reference": f"Patient/{patient}"},
+        "medicationCodeableConcept": {"text": a.drug},
+        "dosageInstruction": [dosage],
+        "reasonCode": [{"coding": [{"system": IECHS_SYSTEM, "code": "iec_hs"}]}],
+    }
+    return {
+        "label": f"Order {a.drug} {a.dose.min:g}-{a.dose.max:g} {a.dose.unit} ({a.code})",
+        "actions": [
+            {
+                "type": "create",
+                "description": f"Draft order: {a.drug} ({a.text})",
+                "resource": resource,
+            }
+        ],
+    }

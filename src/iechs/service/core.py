@@ -22,7 +22,7 @@ from ..audit.errors import StoreError
 from ..audit.recorder import RecordedEpisode
 from ..audit.stores import AuditStore, open_store
 from ..criteria import Evaluation
-from ..decision import ALERT_SEVERITY, Alert, Decision
+from ..decision import Alert, Decision
 from ..engine import Engine
 from ..errors import EpisodeError
 from ..loader import load_guideline
@@ -52,15 +52,9 @@ EXT_NOW = "dev.iechs.now"
 #: Identifier system of the timeline's patient id: the same URL as
 #: `iechs.fhir.codes.PATIENT_ID_SYSTEM` (a test holds them equal).
 PATIENT_ID_SYSTEM = "https://iechs.dev/fhir/sid/patient-id"
-#: The alerts an order can raise, returned as order-sign cards.
-ORDER_ALERTS = frozenset(
-    {
-        "il6_monotherapy",
-        "immunosuppression_before_antimicrobials",
-        "tocilizumab_with_icans",
-        "off_guideline_therapy",
-    }
-)
+#: The alerts the engine itself raises about a treatment (the guideline's treatment rules
+#: add theirs), returned as order-sign cards.
+ORDER_ALERTS = frozenset({"off_guideline_therapy", "treatment_unconfirmed"})
 _RANK = {"critical": 0, "warning": 1, "info": 2}
 _NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # for orders read when there is no episode
 _RETRIES = 8
@@ -106,6 +100,9 @@ class HookService:
         self.config = config
         self.engine = Engine(load_guideline(config.guideline), runtime=config.runtime)
         self.g = self.engine.guideline
+        self.order_alerts = ORDER_ALERTS | {
+            r.alert for r in self.g.rules.values() if r.upon == "treatment"
+        }
         self._store: AuditStore | None = None
         self._issued: IssuedCards | None = None
 
@@ -270,14 +267,18 @@ class HookService:
         if "iec_hs_identified" in self.g.criteria and not ep.closed:
             identified = Evaluation(self.engine.plan, ep.facts)("iec_hs_identified").value
         maker = CardMaker(self.g, review_url)
-        cards = [maker.state_card(ep.decisions[entered_at], ep.state, identified)]
+        cards = []
+        next_steps = maker.actions_card(
+            ep.decisions[-1].actions, state=ep.state, patient=str(context["patientId"])
+        )
+        if next_steps is not None:
+            cards.append(next_steps)
+        cards.append(maker.state_card(ep.decisions[entered_at], ep.state, identified))
         latest: dict[str, tuple[Alert, Decision]] = {}
         for d in ep.decisions[entered_at:]:  # the alerts raised in the current state
             for alert in d.alerts:
                 latest[alert.code] = (alert, d)
-        ordered = sorted(
-            latest.values(), key=lambda ad: (_RANK[ALERT_SEVERITY[ad[0].code]], ad[0].at)
-        )
+        ordered = sorted(latest.values(), key=lambda ad: (_RANK[ad[0].severity], ad[0].at))
         cards += [
             maker.alert_card(alert, state=ep.state, raised_by=_event_text(d.event))
             for alert, d in ordered
@@ -325,7 +326,7 @@ class HookService:
             cards += [
                 maker.alert_card(alert, state=decision.source or decision.target, order=order)
                 for alert in decision.alerts
-                if alert.code in ORDER_ALERTS
+                if alert.code in self.order_alerts
             ]
         cards.sort(key=lambda c: _RANK[c["indicator"]])
         return self._issue(ORDER_SIGN, episode_id, cards)

@@ -15,9 +15,9 @@ Each `MedicationRequest` (other resource types are not this guideline's business
   `infection`, `other`); without one the engine infers it, as for a recorded treatment.
 
 Orders whose status voids them (`cancelled`, `entered-in-error`, `stopped`) are skipped. The
-orders are signed together: antimicrobials are stepped first and corticosteroids next, so an
-antimicrobial or a corticosteroid in the same order set counts as started when the other drugs
-are checked (as a corticosteroid recorded in the last 24 h would).
+orders are signed together, as one order set: they are stepped in the guideline's order
+(`timeline.canonical_order`: antimicrobials before the immunosuppression they go alongside, a
+corticosteroid before an IL-6 blocker), so the Bundle's order never changes the answer.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import attrs
 
 from ..errors import TimelineError
 from ..model import Guideline
-from ..timeline import Indication, TreatmentEvent, format_time, parse_event
+from ..timeline import Indication, TreatmentEvent, canonical_order, format_time, parse_event
 from .errors import bad_request
 
 __all__ = ["IECHS_SYSTEM", "DraftOrder", "read_draft_orders"]
@@ -297,17 +297,12 @@ def read_draft_orders(
     patient: str | None = None,
 ) -> list[DraftOrder]:
     """The draft MedicationRequests of `bundle` as treatment events at `at`, in the order they
-    are signed (antimicrobials, then corticosteroids, then the rest as listed). An order whose
+    are decided: one order set, in the guideline's order (antimicrobials first). An order whose
     `subject` is another Patient than `patient` (the FHIR id in context) is refused."""
     bundle = _object(bundle, root)
     if bundle.get("resourceType") != "Bundle":
         raise bad_request(f"{root}.resourceType", "expected 'Bundle'")
     orders = _Reader(bundle, g, root, patient).orders(at)
 
-    def rank(order: DraftOrder) -> int:
-        cls = g.drug_class_of(order.event.drug)
-        if cls == "antimicrobial" or (cls is None and order.event.indication == "infection"):
-            return 0
-        return 1 if cls == "corticosteroid" else 2
-
-    return sorted(orders, key=rank)  # stable: the Bundle's order within each rank
+    # One order set: decided in the guideline's order (`order_sets`), whatever the Bundle's.
+    return [orders[i] for i in canonical_order([o.event for o in orders], g)]
