@@ -83,10 +83,17 @@ def test_guards_explain_values_read(engine: Engine) -> None:
     ast = verdicts["ast_above_5x_uln"]
     assert ast.value is Tri.TRUE
     assert [(r.what, r.value) for r in ast.reads] == [("ast", 300.0), ("ast_uln", 40.0)]
-    assert verdicts["ferritin_above_2x_uln"].detail == "ferritin 25000 > 2 x ferritin_uln 300 ng/mL"
+    # the baseline (500 ng/mL) is above the ULN (300), so the ratio is to the baseline
+    ferritin = verdicts["ferritin_raised"]
+    assert ferritin.detail == "ferritin 25000 > 2 x abnormal baseline 500 ng/mL"
+    assert [(r.what, r.value) for r in ferritin.reads] == [
+        ("ferritin", 25000.0),
+        ("baseline ferritin (abnormal at infusion)", 500.0),
+    ]
     assert "fibrinogen_below_150" not in verdicts  # AST > 5x ULN already decided the organ test
     assert d.transition_cite == ("seed-summary", "seed-news-2026", "hines-2023")
-    assert [r.id for r in d.recommendations][:2] == [
+    assert [r.id for r in d.recommendations][:3] == [
+        "corticosteroids-first-line",
         "dexamethasone-high-dose",
         "methylprednisolone-equivalent",
     ]
@@ -190,16 +197,20 @@ def test_observation_before_infusion_is_baseline(engine: Engine) -> None:
 
 
 def test_snapshot_restore_makes_the_same_decisions(engine: Engine) -> None:
+    """Cut a retrospective run anywhere: the snapshot keeps what each step knew to follow it
+    (`later`), so the restored episode decides exactly as the uninterrupted `Engine.run`."""
     timeline = load_timeline(DAY14, engine.guideline)
     whole = engine.run(timeline)
-    for cut in range(len(timeline.events) + 1):
+    events = timeline.events
+    assert any(d.later for d in whole.decisions)  # the lookahead matters in this timeline
+    for cut in range(len(events) + 1):
         first = engine.start(timeline.patient)
-        for event in timeline.events[:cut]:
-            first.step(event)
+        for i in range(cut):
+            first.step(events[i], later=engine.later(events, i))
         saved = json.loads(json.dumps(first.snapshot()))
         restored = engine.restore(saved)
-        for event in timeline.events[cut:]:
-            restored.step(event)
+        for i in range(cut, len(events)):
+            restored.step(events[i], later=engine.later(events, i))
         assert [d.to_json() for d in restored.decisions] == [d.to_json() for d in whole.decisions]
 
 
@@ -231,12 +242,17 @@ def test_product_implies_risk_factors(guideline: Guideline) -> None:
         product={"costimulatory_domain": "CD28", "target": "CD19/CD22"},
         risk_factors=["tet2_mutation"],
     )
-    assert derived_risk_factors(p) == ("cd22_target", "cd28_costimulation", "tet2_mutation")
+    assert derived_risk_factors(p, guideline.risk_factors) == (
+        "cd22_target",
+        "cd28_costimulation",
+        "tet2_mutation",
+    )
+    assert derived_risk_factors(p) == ("tet2_mutation",)  # the guideline says what implies what
     assert Product(target="CD19").target == "CD19"
 
 
 def test_unknown_never_acts_as_false(guideline: Guideline) -> None:
-    facts = Facts(patient(guideline), set(guideline.risk_factors))
+    facts = Facts(patient(guideline), guideline.risk_factors)
     facts.now = T0 + timedelta(days=14)
     e = Evaluation(guideline, facts)
     assert e("fibrinogen_below_150").value is Tri.UNKNOWN
@@ -259,7 +275,7 @@ def test_unknown_never_acts_as_false(guideline: Guideline) -> None:
 
 
 def test_stale_values_are_unknown(guideline: Guideline) -> None:
-    facts = Facts(patient(guideline), set(guideline.risk_factors))
+    facts = Facts(patient(guideline), guideline.risk_factors)
     facts.add_observation("fibrinogen", T0 + timedelta(hours=1), 100)
     facts.now = T0 + timedelta(hours=2)
     assert Evaluation(guideline, facts)("fibrinogen_below_150").value is Tri.TRUE
@@ -268,7 +284,7 @@ def test_stale_values_are_unknown(guideline: Guideline) -> None:
 
 
 def test_count_of_is_three_valued(guideline: Guideline) -> None:
-    facts = Facts(patient(guideline), set(guideline.risk_factors))
+    facts = Facts(patient(guideline), guideline.risk_factors)
     facts.now = T0 + timedelta(days=3)
     facts.findings["hemophagocytosis"] = (facts.now, True, None)
     facts.findings["pulmonary_edema"] = (facts.now, True, None)  # present, grade unknown

@@ -9,17 +9,18 @@ import re
 from collections.abc import Iterable, Iterator
 
 from . import model as m
-from .errors import Problem, unknown_name
+from .contract import contract_for, contract_problems
+from .errors import GuidelineError, Problem, unknown_name
 
 __all__ = [
     "FIXED_STATES",
-    "REQUIRED_DRUG_CLASSES",
-    "REQUIRED_EVENTS",
     "check_guideline",
     "reachable_states",
 ]
 
-#: State ids fixed by the design: tests and embedders rely on them.
+#: The state ids of the iec-hs-safety contract (DESIGN.md: tests and embedders rely on them).
+#: The contract document (`iechs/contracts/iec-hs-safety.yaml`) is the authority: a guideline
+#: must have the states, events and drug classes of the contract it names.
 FIXED_STATES = (
     "surveillance",
     "suspected",
@@ -30,10 +31,6 @@ FIXED_STATES = (
     "resolved",
     "closed",
 )
-#: Drug classes whose meaning the engine relies on (safety alerts and the infection gate).
-REQUIRED_DRUG_CLASSES = ("corticosteroid", "il6_blockade", "antimicrobial")
-#: Machine events the engine sends for non-treatment events.
-REQUIRED_EVENTS = ("reassess", "close")
 
 
 def check_guideline(g: m.Guideline, *, structural: bool = True) -> list[Problem]:
@@ -115,11 +112,6 @@ def _check_vocabulary(g: m.Guideline) -> list[Problem]:
                     f"$.observations.{oid}.plausible",
                 )
             )
-    for cls in REQUIRED_DRUG_CLASSES:
-        if cls not in g.drug_classes:
-            problems.append(
-                Problem(f"the drug class {cls!r} is required by the engine", "$.drug_classes")
-            )
     for cid, c in g.drug_classes.items():
         if c.event is not None and c.event not in g.events:
             problems.append(
@@ -134,9 +126,6 @@ def _check_vocabulary(g: m.Guideline) -> list[Problem]:
             )
         if did != did.lower():
             problems.append(Problem("drug ids are lower case", f"$.drugs.{did}"))
-    for ev in REQUIRED_EVENTS:
-        if ev not in g.events:
-            problems.append(Problem(f"the event {ev!r} is required by the engine", "$.events"))
     for pid, par in g.parameters.items():
         if par.value < 0:
             problems.append(Problem("parameters are not negative", f"$.parameters.{pid}.value"))
@@ -279,9 +268,6 @@ def reachable_states(g: m.Guideline, start: str) -> set[str]:
 
 def _check_states(g: m.Guideline, *, graph: bool = True) -> list[Problem]:
     problems: list[Problem] = []
-    for sid in FIXED_STATES:
-        if sid not in g.states:
-            problems.append(Problem(f"the state {sid!r} is required (fixed state ids)", "$.states"))
     initials = [sid for sid, s in g.states.items() if s.initial]
     if len(initials) != 1:
         problems.append(Problem(f"exactly one state is initial; found {initials}", "$.states"))
@@ -331,7 +317,23 @@ def _check_states(g: m.Guideline, *, graph: bool = True) -> list[Problem]:
 
 
 def _check_properties(g: m.Guideline) -> list[Problem]:
+    """The guideline's own properties, and what its contract requires of it: the contract's
+    states (with their phases), events and drug classes; no property id of the contract."""
     problems: list[Problem] = []
+    try:
+        contract = contract_for(g)
+    except GuidelineError as exc:
+        return [Problem(p.message, "$.guideline.contract") for p in exc.problems]
+    problems += contract_problems(g, contract)
+    for pid in g.properties:
+        if pid in contract.properties:
+            problems.append(
+                Problem(
+                    f"property {pid!r} is a property of contract {contract.id!r}: its meaning is "
+                    "fixed by the contract and cannot be redefined (choose another id)",
+                    f"$.properties.{pid}",
+                )
+            )
 
     def refs(kind: str, names: tuple[str, ...], known: Iterable[str], path: str) -> None:
         known = list(known)

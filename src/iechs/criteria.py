@@ -112,15 +112,23 @@ class Verdict(NamedTuple):
         return out
 
 
-def derived_risk_factors(patient: Patient, known: set[str] | None = None) -> tuple[str, ...]:
-    """Risk factors listed for the patient plus those the product implies (CD28, CD22)."""
+def derived_risk_factors(
+    patient: Patient, known: dict[str, m.RiskFactor] | None = None
+) -> tuple[str, ...]:
+    """Risk factors listed for the patient plus those the guideline says the product implies
+    (`RiskFactor.product`)."""
     factors = list(patient.risk_factors)
     product = patient.product
-    if product is not None:
-        if (product.costimulatory_domain or "").strip().upper() == "CD28":
-            factors.append("cd28_costimulation")
-        if "CD22" in (product.target or "").upper():
-            factors.append("cd22_target")
+    for rid, rf in (known or {}).items():
+        match = rf.product
+        if product is None or match is None:
+            continue
+        target = (product.target or "").strip().upper()
+        domain = (product.costimulatory_domain or "").strip().upper()
+        if (match.target is None or match.target.upper() in target) and (
+            match.costimulatory_domain is None or match.costimulatory_domain.upper() == domain
+        ):
+            factors.append(rid)
     unique = sorted(set(factors))
     return tuple(f for f in unique if known is None or f in known)
 
@@ -147,14 +155,16 @@ class Therapy:
     last_at: datetime
     #: rule ids (and engine judgements) already raised for this therapy.
     raised: set[str] = attrs.field(factory=set)
-    #: the IEC-HS line it was counted in (a therapy for another indication can be adopted).
+    #: counted as an IEC-HS line (a therapy for another indication can be adopted).
     counted: bool = False
+    #: the indication was given, not inferred (an inferred one may change for later doses).
+    explicit: bool = False
 
 
 class Facts:
     """What an episode knows so far, in event time. Mutated only by the engine."""
 
-    def __init__(self, patient: Patient, known_risk_factors: set[str]) -> None:
+    def __init__(self, patient: Patient, known_risk_factors: dict[str, m.RiskFactor]) -> None:
         self.patient = patient
         self.infusion_at = patient.infusion_at
         self.now = patient.infusion_at
@@ -308,7 +318,10 @@ class CriteriaPlan:
         if kind == "risk":
             return (g.param(spec.at_least),)
         if kind == "grade":
-            return (_OPS[spec.op],)
+            if spec.within_hours is not None:
+                return (_OPS[spec.op], g.param(spec.within_hours))
+            p = g.parameters.get("assessment_validity_hours")
+            return (_OPS[spec.op], p.value if p is not None else float("inf"))
         return ()
 
 
@@ -467,12 +480,18 @@ def _finding(ev: Evaluation, n: _Node) -> Verdict:
 
 def _grade(ev: Evaluation, n: _Node) -> Verdict:
     gt: m.GradeTest = n.spec
-    (op,) = n.args
+    op, validity = n.args
     grades = ev.facts.grades[gt.of]
     label = f"{gt.of.upper()} grade"
     if not grades:
         return _missing(n.name, f"{label} (assessment)", f"{label} not assessed")
     at, latest = grades[-1]
+    if ev.facts.hours_since(at) > validity:
+        return _missing(
+            n.name,
+            f"{label} (assessment)",
+            f"{label} last assessed {format_time(at)}, older than {validity:g} h",
+        )
     read = Reading(f"{gt.of}_grade", latest, None, at)
     if gt.peak:
         peak = max(g for _, g in grades)

@@ -36,7 +36,7 @@ from .criteria import CriteriaPlan, Dose, Evaluation, Facts, Therapy, Tri, Verdi
 from .decision import Action, Alert, Decision, Deviation, GuardResult
 from .errors import EpisodeError, Problem
 from .loader import load_guideline
-from .model import Guideline, Rule
+from .model import ActionDef, Guideline, Recommendation, Rule
 from .timeline import (
     AssessmentEvent,
     CloseEvent,
@@ -92,7 +92,7 @@ class Engine:
         self.compiled: CompiledGuideline = compile_guideline(self.guideline)
         self.plan = CriteriaPlan(self.guideline)
         g = self.guideline
-        self.known_risk_factors = set(g.risk_factors)
+        self.known_risk_factors = g.risk_factors
         #: treatment line of each drug class: the lowest line its event leads to.
         self.class_line: dict[str, int] = {}
         for cid, cls in g.drug_classes.items():
@@ -152,17 +152,19 @@ class Engine:
                 ) from None
         return episode
 
-    def later(self, events: Sequence[Event], i: int) -> tuple[TreatmentEvent, ...]:
-        """The treatments after `events[i]` within the lookahead (only for a treatment)."""
+    def later(self, events: Sequence[Event], i: int) -> tuple[Event, ...]:
+        """What a retrospective run knows follows `events[i]`: the rest of its order set (the
+        events at the same time), and for a treatment the treatments within the lookahead."""
         event = events[i]
-        if not isinstance(event, TreatmentEvent) or self.lookahead_hours <= 0:
-            return ()
+        treatment = isinstance(event, TreatmentEvent) and self.lookahead_hours > 0
         horizon = event.at + timedelta(hours=self.lookahead_hours)
-        found: list[TreatmentEvent] = []
+        found: list[Event] = []
         for other in events[i + 1 :]:
-            if other.at > horizon:
+            if other.at == event.at:
+                found.append(other)
+            elif not treatment or other.at > horizon:
                 break
-            if isinstance(other, TreatmentEvent):
+            elif isinstance(other, TreatmentEvent):
                 found.append(other)
         return tuple(found)
 
@@ -198,21 +200,18 @@ class Engine:
 
     def parse_input(
         self, item: Any, path: str, file: str | None
-    ) -> tuple[Event, tuple[TreatmentEvent, ...]]:
-        """A recorded input: the event, and the treatments that were known to follow it."""
-        later: list[TreatmentEvent] = []
+    ) -> tuple[Event, tuple[Event, ...]]:
+        """A recorded input: the event, and what was known to follow it (`Episode.step`)."""
+        later: list[Event] = []
         if isinstance(item, dict) and "later" in item:
             item = dict(item)
             raw = item.pop("later")
             if not isinstance(raw, list):
                 raise EpisodeError([Problem("expected a list", f"{path}.later")], file)
-            for k, other in enumerate(raw):
-                ev = parse_event(other, self.guideline, f"{path}.later[{k}]", file)
-                if not isinstance(ev, TreatmentEvent):
-                    raise EpisodeError(
-                        [Problem("expected a treatment", f"{path}.later[{k}]")], file
-                    )
-                later.append(ev)
+            later = [
+                parse_event(other, self.guideline, f"{path}.later[{k}]", file)
+                for k, other in enumerate(raw)
+            ]
         return parse_event(item, self.guideline, path, file), tuple(later)
 
 
@@ -307,23 +306,20 @@ class Episode:
     def alerts(self) -> list[Alert]:
         return [a for d in self.decisions for a in d.alerts]
 
-    def step(self, event: Event, *, later: Sequence[TreatmentEvent] = ()) -> Decision:
-        """Record one event and decide; events arrive in time order. `later`: treatments known
-        to follow it (a retrospective run), for the rules' concurrency windows."""
+    def step(self, event: Event, *, later: Sequence[Event] = ()) -> Decision:
+        """Record one event and decide; events arrive in time order. `later`: what is known to
+        follow it (a retrospective run): the rest of its order set, whose facts are decided
+        together at the set's last fact, and the treatments within the rules' windows."""
         self._check_time(event.at, event.kind)
         ev_json = event_to_json(event)
         later_json = tuple(event_to_json(e) for e in later)
         self.inputs.append({**ev_json, "later": list(later_json)} if later_json else ev_json)
+        early = self._recorded_only(event, ev_json, later, later_json)
+        if early is not None:
+            return early
         at = event.at
         state = self.state
         f = self.facts
-        if at < f.infusion_at:
-            if isinstance(event, ObservationEvent):
-                assert event.code is not None
-                f.add_observation(event.code, at, event.value)
-            return self._unchanged(at, ev_json)
-        f.now = at
-        f.later = tuple(self._dose(e, e.indication) for e in later)
         # Closing ends the duties: no "overdue" at the close itself.
         alerts = [] if isinstance(event, CloseEvent) else self._overdue(at)
         self._ingest(event)
@@ -373,6 +369,7 @@ class Episode:
             alerts += pending_alerts
         alerts += self._missing_data(at, results, evaluation, prune=machine_event == REASSESS)
         alerts += self._step_rules(at, post)
+        actions = self._actions(post)  # before the verdicts are listed: it reads criteria too
         return self._record(
             Decision(
                 step=len(self.decisions),
@@ -390,11 +387,35 @@ class Episode:
                 alerts=tuple(alerts),
                 deviations=tuple(deviations),
                 via=tuple(h.ref.target for h in route[:-1]),
-                actions=self._actions(post),
+                actions=actions,
                 notes=tuple(notes),
                 later=later_json,
             )
         )
+
+    def _recorded_only(
+        self,
+        event: Event,
+        ev_json: dict[str, Any],
+        later: Sequence[Event],
+        later_json: tuple[dict[str, Any], ...],
+    ) -> Decision | None:
+        """A value from before the infusion (a baseline), or a fact with more of its order set
+        to follow (decided together, at the set's last fact): recorded, nothing decided."""
+        at, f = event.at, self.facts
+        if at < f.infusion_at:
+            if isinstance(event, ObservationEvent):
+                assert event.code is not None
+                f.add_observation(event.code, at, event.value)
+            return self._unchanged(at, ev_json)
+        f.now = at
+        f.later = tuple(self._dose(e, e.indication) for e in later if isinstance(e, TreatmentEvent))
+        if isinstance(event, TreatmentEvent | CloseEvent) or not any(
+            e.at == at and not isinstance(e, TreatmentEvent | CloseEvent) for e in later
+        ):
+            return None
+        self._ingest(event)
+        return self._unchanged(at, ev_json, later=later_json)
 
     def advance(self, to: datetime) -> Decision:
         """What is due at time `to` (no new clinical data): time-based alerts and actions."""
@@ -412,7 +433,11 @@ class Episode:
             actions = self._actions(evaluation)
             criteria = tuple(evaluation.verdicts.values())
         return self._unchanged(
-            to, {"kind": "advance", "at": format_time(to)}, criteria, alerts, actions
+            to,
+            {"kind": "advance", "at": format_time(to)},
+            criteria=criteria,
+            alerts=alerts,
+            actions=actions,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -437,6 +462,7 @@ class Episode:
             if evaluation.guard(rule.when, rule.unless) is Tri.TRUE
         ]
         state = self.state
+        actions = self._actions(evaluation)
         self._record(
             Decision(
                 step=0,
@@ -447,7 +473,7 @@ class Episode:
                 criteria=tuple(evaluation.verdicts.values()),
                 recommendations=self._recs(state),
                 alerts=tuple(alerts),
-                actions=self._actions(evaluation),
+                actions=actions,
             )
         )
 
@@ -455,11 +481,14 @@ class Episode:
         self,
         at: datetime,
         event: dict[str, Any],
+        *,
         criteria: tuple[Verdict, ...] = (),
         alerts: list[Alert] | None = None,
         actions: tuple[Action, ...] | None = None,
+        later: tuple[dict[str, Any], ...] = (),
     ) -> Decision:
-        """A decision that moves nothing: a baseline value, or time passing."""
+        """A decision that moves nothing: a baseline value, a fact decided with the rest of its
+        order set, or time passing."""
         state = self.state
         previous = self.decisions[-1].actions if self.decisions else ()
         return self._record(
@@ -473,6 +502,7 @@ class Episode:
                 recommendations=self._recs(state),
                 alerts=tuple(alerts or ()),
                 actions=previous if actions is None else actions,
+                later=later,
             )
         )
 
@@ -537,7 +567,12 @@ class Episode:
         route, new_therapy, state = context
         unknown = [h for h in route if h.value is Tri.UNKNOWN]
         if unknown:
-            alerts.append(self._unconfirmed(event.drug, unknown, evaluation))
+            unconfirmed = self._unconfirmed(event.drug, unknown, evaluation)
+            alerts.append(unconfirmed)
+            for item in unconfirmed.measure:  # asked for here: no second prompt for it
+                self._missing_raised[item] = tuple(
+                    n for h in unknown for n in (*h.ref.definition.when, *h.ref.definition.unless)
+                )
         rule_devs, rule_alerts = self._treatment_rules(event, therapy, evaluation, state)
         deviations += rule_devs
         alerts += rule_alerts
@@ -571,17 +606,27 @@ class Episode:
             therapy = running
             therapy.last_at = event.at
             if event.indication is None:
-                inferred = {
-                    "indication": str(therapy.indication),
-                    "reason": f"continues the {therapy.drug} therapy started at "
-                    f"{format_time(therapy.started_at)}",
-                }
+                reason = (
+                    f"continues the {therapy.drug} therapy started at "
+                    f"{format_time(therapy.started_at)}"
+                )
+                if not therapy.explicit:  # an inferred reading may change from now on
+                    reread, why = self._infer_indication(cls, evaluation)
+                    if reread != therapy.indication:
+                        notes.append(
+                            f"{event.drug}: read as {reread} from now on ({why}); the "
+                            f"earlier doses stay {therapy.indication}"
+                        )
+                        therapy.indication = reread
+                        reason = why
+                inferred = {"indication": str(therapy.indication), "reason": reason}
         else:
             indication: str | None = event.indication
             if indication is None:
                 indication, reason = self._infer_indication(cls, evaluation)
                 inferred = {"indication": str(indication), "reason": reason}
             therapy = Therapy(key, event.drug, cls, indication, event.at, event.at)
+            therapy.explicit = event.indication is not None
             f.therapies[key] = therapy
             if running is not None and running.indication != indication:
                 notes.append(
@@ -650,7 +695,9 @@ class Episode:
         if direct is not None or machine_event in (REASSESS, CLOSE):
             return [direct] if direct is not None else []
         # Through a state: a reassessment transition to a state that takes this treatment.
-        for first in self._candidates(state, REASSESS, evaluation):
+        for first in self._candidates(
+            state, REASSESS, evaluation, through=machine_event, results=results
+        ):
             then = self._choose(
                 first.ref.target, machine_event, self._evaluation_from(at), None, at
             )
@@ -691,15 +738,29 @@ class Episode:
                 return [attrs.evolve(first_hop, note=note), then]
         return []
 
-    def _candidates(self, state: str, machine_event: str, evaluation: Evaluation) -> list[Hop]:
-        """Every transition on `machine_event` from `state` whose guard is not FALSE (a TRUE one
-        first), for routes through another state."""
+    def _candidates(
+        self,
+        state: str,
+        machine_event: str,
+        evaluation: Evaluation,
+        *,
+        through: str,
+        results: list[GuardResult],
+    ) -> list[Hop]:
+        """The transitions on `machine_event` from `state` to a state that takes `through` (a
+        treatment's event), whose guard is not FALSE (TRUE ones first): routes through another
+        state. Each guard read goes into `results`."""
         found: list[Hop] = []
         at = self.facts.now
         for ref in self.engine.outgoing.get((state, machine_event), ()):
             d = ref.definition
+            if not self.engine.outgoing.get((d.to, through)):
+                continue  # that state does not take the treatment either
             value = Tri.TRUE if not (d.when or d.unless) else evaluation.guard(d.when, d.unless)
-            if value is not Tri.FALSE and not self.g.states[d.to].final:
+            results.append(
+                GuardResult(ref.source, d.to, d.event, d.label, value.value, d.when, d.unless)
+            )
+            if value is not Tri.FALSE:
                 found.append(Hop(ref, value, at))
         return sorted(found, key=lambda h: h.value is not Tri.TRUE)
 
@@ -746,6 +807,7 @@ class Episode:
             return values.get(key, m.group(0))
 
         message = _PLACEHOLDER.sub(fill, " ".join(rule.message.split()))
+        message = message[:1].upper() + message[1:]
         return Alert(rule.alert, at, message, rule.cite, level=rule.severity)
 
     def _treatment_rules(
@@ -817,11 +879,12 @@ class Episode:
             if line is None or line <= self._cycle_line:
                 return None
             current = self._cycle_line
+            event = self.g.drug_classes[cls].event
             failed = [r for r in results if r.result != Tri.TRUE.value]
-            if failed:
-                reason = "; ".join(f"{r.label}: guard {r.result}" for r in failed)
-            elif line > current + 1:
+            if line > current + 1 and not any(r.event == event for r in results):
                 reason = f"skips a line: line {line} while on line {current}"
+            elif failed:
+                reason = "; ".join(f"{r.label}: guard {r.result}" for r in failed)
             else:
                 reason = f"not sanctioned from {self.state}"
             message = (
@@ -948,6 +1011,7 @@ class Episode:
         out: list[Action] = []
         missing: list[str] = []
         waiting: list[str] = []
+        cites: list[str] = []
         measure_at: int | None = None
         for a in self.g.actions.values():
             if self.state not in a.states:
@@ -959,10 +1023,22 @@ class Episode:
                 names = tuple(n for n in (*a.when, *a.unless) if evaluation(n).value is Tri.UNKNOWN)
                 missing += [x for x in evaluation.missing_for(names) if x not in missing]
                 waiting.append(" ".join(a.text.split()).rstrip("."))
+                cites += [c for c in a.cite if c not in cites]
                 if measure_at is None:
                     measure_at = len(out)
                 continue
             out.append(self._action(a.code, a, evaluation))
+        for p in self._pending:
+            d = p.hop.ref.definition
+            pending = self._evaluation_from(p.hop.line_start)
+            names = tuple(n for n in (*d.when, *d.unless) if pending(n).value is Tri.UNKNOWN)
+            items = [x for x in pending.missing_for(names) if x not in missing]
+            if items:
+                missing += items
+                waiting.append(f"whether {p.drug} is confirmed ({d.label})")
+                cites += [c for c in d.cite if c not in cites]
+                if measure_at is None:
+                    measure_at = 0
         if measure_at is not None:
             out.insert(
                 measure_at,
@@ -971,28 +1047,52 @@ class Episode:
                     f"Measure or assess {', '.join(missing)}: needed to decide "
                     + "; ".join(dict.fromkeys(waiting))
                     + ".",
+                    tuple(cites),
                     measure=tuple(missing),
                 ),
             )
         return tuple(out)
 
-    def _action(self, code: str, a: Any, evaluation: Evaluation) -> Action:
-        rec = self.g.recommendation(a.recommendation) if a.recommendation else None
+    def _population_recommendation(self, a: ActionDef) -> tuple[Recommendation | None, bool]:
+        """The action's recommendation that fits the patient (adult or paediatric, by the
+        parameter `paediatric_below_age_years`; a patient of unknown age is taken as an adult),
+        and whether it fits: with none that fits, the first one, for its drug only."""
+        limit = self.g.parameters.get("paediatric_below_age_years")
+        age = self.patient.age_years
+        child = limit is not None and age is not None and age < limit.value
+        population = "paediatric" if child else "adult"
+        ids = (a.recommendation,) if a.recommendation else ()
+        found = [r for rid in (*ids, *a.recommendations) if (r := self.g.recommendation(rid))]
+        for rec in found:
+            if rec.population in (population, "all"):
+                return rec, True
+        return (found[0], False) if found else (None, True)
+
+    def _action(self, code: str, a: ActionDef, evaluation: Evaluation) -> Action:
+        rec, fits = self._population_recommendation(a)
+        text = " ".join(a.text.split())
+        if not fits and rec is not None:
+            text += (
+                f" No {rec.drug} dose from the sources fits this patient's age: dose per "
+                "institutional protocol."
+            )
         due = None
         interval = self.engine.reassessment_interval
         if a.due == "reassessment" and self._last_reassessment is not None and interval:
             due = self._last_reassessment + timedelta(hours=interval.value)
         cite = tuple(dict.fromkeys((*a.cite, *(rec.cite if rec else ()))))
+        dosed = rec if fits else None
         return Action(
             code,
-            " ".join(a.text.split()),
+            text,
             cite,
-            a.verified and (rec is None or rec.verified),
+            a.verified and (dosed is None or dosed.verified),
             drug=rec.drug if rec else None,
-            dose=rec.dose if rec else None,
-            route=rec.route if rec else (),
-            frequency=rec.frequency if rec else None,
+            dose=dosed.dose if dosed else None,
+            route=dosed.route if dosed else (),
+            frequency=dosed.frequency if dosed else None,
             due_by=due,
+            measure=a.measure,
         )
 
     def _recs(self, state: str) -> tuple[Any, ...]:

@@ -48,6 +48,8 @@ __all__ = [
     "Recommendation",
     "ResponseTest",
     "RiskTest",
+    "ProductMatch",
+    "RiskFactor",
     "Rule",
     "SafetyProperty",
     "Source",
@@ -213,12 +215,14 @@ class FindingTest:
 
 @attrs.frozen(kw_only=True)
 class GradeTest:
-    """The latest CRS or ICANS grade compared with a value, or with its peak so far."""
+    """The latest CRS or ICANS grade compared with a value, or with its peak so far. A grade
+    older than `within_hours` (default: parameter `assessment_validity_hours`) is stale."""
 
     of: Literal["crs", "icans"]
     op: Op
     value: int | None = None
     peak: bool = False
+    within_hours: Number | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -338,6 +342,22 @@ class Criterion(Citable, OneKind):
 @attrs.frozen(kw_only=True)
 class Statement(Citable):
     text: str
+
+
+@attrs.frozen(kw_only=True)
+class ProductMatch:
+    """What of the CAR-T product implies a risk factor: its target contains `target`, or its
+    costimulatory domain is `costimulatory_domain` (both case-insensitive)."""
+
+    target: str | None = None
+    costimulatory_domain: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RiskFactor(Statement):
+    """A risk factor; `product` says when the product itself implies it."""
+
+    product: ProductMatch | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -474,7 +494,12 @@ class ActionDef(Citable):
     when: tuple[str, ...] = ()
     unless: tuple[str, ...] = ()
     recommendation: str | None = None
+    #: recommendations for particular populations (e.g. adult and paediatric doses): the first
+    #: that fits the patient is carried; with none that fits, the action names no dose.
+    recommendations: tuple[str, ...] = ()
     due: Literal["reassessment"] | None = None
+    #: what a `measure` action asks to measure.
+    measure: tuple[str, ...] = ()
 
 
 # --- safety properties (read by the verifier) -------------------------------------------------
@@ -583,7 +608,7 @@ class Guideline:
     drug_classes: dict[str, DrugClassDef]
     drugs: dict[str, DrugDef]
     events: dict[str, EventDef]
-    risk_factors: dict[str, Statement]
+    risk_factors: dict[str, RiskFactor]
     criteria: dict[str, Criterion]
     states: dict[str, StateDef]
     properties: dict[str, SafetyProperty] = attrs.field(factory=dict)

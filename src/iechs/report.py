@@ -11,7 +11,6 @@ from rich.text import Text
 from .checks import citables
 from .decision import Action, Decision
 from .model import Guideline
-from .verify import Report
 
 __all__ = [
     "describe_action",
@@ -19,7 +18,6 @@ __all__ = [
     "print_run",
     "print_unverified",
     "print_validation",
-    "print_verification",
 ]
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -172,29 +170,3 @@ def print_unverified(g: Guideline, console: Console | None = None) -> None:
             console.print(
                 f"  {path}: {_statement_text(item)} [{', '.join(item.cite)}]", markup=False
             )
-
-
-def print_verification(
-    g: Guideline, report: Report, seconds: float, console: Console | None = None
-) -> None:
-    console = console or _console()
-    meta = g.guideline
-    console.print(f"{g.file}: {meta.id} {meta.version}", markup=False)
-    console.print(
-        f"  explored {report.abstract_states} abstract states (state x lines entered), "
-        f"{report.edges} enabled transitions; {report.queries} satisfiability queries "
-        f"deciding {report.valuations} valuations of the criteria",
-        markup=False,
-    )
-    failed = {c.property for c in report.counterexamples}
-    for pid, prop in g.properties.items():
-        if pid not in failed:
-            text = Text("  PROVED ", style="green")
-            text.append(f"{pid}: {' '.join(prop.description.split())}")
-            console.print(text)
-    for c in report.counterexamples:
-        console.print(Text(c.render(), style="red"))
-    total = len(g.properties)
-    console.print(
-        f"{total - len(failed)} of {total} properties proved in {seconds:.3f} s", markup=False
-    )

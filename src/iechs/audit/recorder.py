@@ -4,6 +4,7 @@ episode's snapshot, in the same transaction; a later process resumes the episode
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from ..decision import Decision, run_to_json
 from ..engine import SNAPSHOT_FORMAT, Engine, Episode
 from ..timeline import Event, Patient, event_to_json, load_timeline, patient_to_json
 from .errors import StoreError, problem
-from .records import AuditRecord, draft_of
+from .records import AuditRecord, canonical, draft_of
 from .stores import AuditStore, EpisodeUpdate, StoredEpisode, open_store
 
 __all__ = ["RecordedEpisode", "episodes_of", "run_recorded"]
@@ -64,9 +65,16 @@ class RecordedEpisode:
         return cls(episode, store, saved.steps)
 
     def step(
-        self, event: Event, *, actor: str | None = None, reason: str | None = None
+        self,
+        event: Event,
+        *,
+        later: Sequence[Event] = (),
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> Decision:
-        decision = self.episode.step(event)
+        """Step one event (`later`: what is known to follow it, as for `Episode.step`) and
+        record the decision."""
+        decision = self.episode.step(event, later=later)
         self.flush(actor=actor, reason=reason)
         return decision
 
@@ -78,8 +86,14 @@ class RecordedEpisode:
         return decision
 
     def step_all(self, events: Iterable[Event]) -> list[Decision]:
-        """Step every event, then record them all in one transaction."""
-        decisions = [self.episode.step(event) for event in events]
+        """Step every event, as a retrospective run does (`Engine.run`: each knows what follows
+        it), then record them all in one transaction."""
+        listed = list(events)
+        engine = self.episode.engine
+        decisions = [
+            self.episode.step(event, later=engine.later(listed, i))
+            for i, event in enumerate(listed)
+        ]
         self.flush()
         return decisions
 
@@ -138,16 +152,49 @@ def run_recorded(
                 )
             recorded = RecordedEpisode.resume(engine, store, patient.id)
             # Only the timeline's own events count: `advance` inputs (what-is-due queries and
-            # service feedback, at the last event's time) are not in the timeline file.
-            done = [i for i in saved.snapshot.get("inputs", []) if i.get("kind") != "advance"]
-            given = [event_to_json(e) for e in timeline.events]
-            events = timeline.events[len(done) :] if given[: len(done)] == done else timeline.events
+            # service feedback, at the last event's time) are not in the timeline file, and an
+            # input's `later` (what a retrospective run knew to follow it) is not the event.
+            done = [
+                {k: v for k, v in i.items() if k != "later"}
+                for i in saved.snapshot.get("inputs", [])
+                if i.get("kind") != "advance"
+            ]
+            last = recorded.episode.decisions[-1].at
+            events = _not_recorded(timeline.events, done, last)
         recorded.step_all(events)
     decisions = recorded.episode.decisions
     doc = run_to_json(engine.identity, patient.id, decisions)
     if timeline.ignored:  # as `iechs run` without a store reports them
         doc["ignored"] = [{"path": p.path, "message": p.message} for p in timeline.ignored]
     return patient.id, (decisions, doc)
+
+
+def _not_recorded(
+    events: Sequence[Event], done: list[dict[str, Any]], last: datetime
+) -> Sequence[Event]:
+    """The timeline's events still to step when the store holds `done` (the recorded events,
+    in the order stepped; `last`: the time of the last recorded decision).
+
+    A timeline that repeats the recorded events and adds later ones: the events past them. One
+    that also adds events at the time of the last recorded one (an order set completed in a
+    later file; they sort among the recorded events, `timeline.canonical_order`): every event
+    not recorded, none of which is earlier than `last`. Otherwise (e.g. a file of only the new
+    events) the whole timeline, which the episode refuses if it goes back in time.
+    """
+    given = [event_to_json(e) for e in events]
+    if given[: len(done)] == done:
+        return events[len(done) :]
+    pending = Counter(canonical(d) for d in done)
+    rest: list[Event] = []
+    for event, as_json in zip(events, given, strict=True):
+        key = canonical(as_json)
+        if pending[key] > 0:
+            pending[key] -= 1
+        else:
+            rest.append(event)
+    if done and not +pending and all(e.at >= last for e in rest):
+        return rest
+    return events
 
 
 def episodes_of(records: Iterable[AuditRecord]) -> list[StoredEpisode]:
@@ -165,7 +212,9 @@ def episodes_of(records: Iterable[AuditRecord]) -> list[StoredEpisode]:
                 "state": r.target,
             }
         elif r.episode in found:
-            found[r.episode]["inputs"].append(r.event)
+            # the input as `Episode.step` recorded it: the event, and what was known to follow
+            later = r.decision.get("later")
+            found[r.episode]["inputs"].append({**r.event, "later": later} if later else r.event)
             found[r.episode]["state"] = r.target
         counts[r.episode] = (counts.get(r.episode, (0, 0))[0] + 1, r.seq)
     return [

@@ -16,7 +16,7 @@ from ..decision import Decision
 from ..engine import Engine, Episode
 from ..errors import IechsError
 from ..model import Guideline
-from ..timeline import parse_event, parse_patient, parse_time
+from ..timeline import parse_patient, parse_time
 from .chain import read_record
 from .errors import AuditError, problem
 from .records import AuditRecord, canonical
@@ -142,9 +142,11 @@ class _Replayer:
             event = record.event
             if event.get("kind") == "advance":
                 return episode_or_none.advance(parse_time(event.get("at")))
-            return episode_or_none.step(
-                parse_event(event, engine.guideline, "$.decision.event", where)
+            later = record.decision.get("later", [])
+            parsed, known = engine.parse_input(
+                {**event, "later": later} if later else event, "$.decision.event", where
             )
+            return episode_or_none.step(parsed, later=known)
         except IechsError as exc:
             return f"the engine refuses the logged event: {exc.render()}"
         except ValueError as exc:

@@ -317,10 +317,11 @@ class HookService:
         ep = recorded.episode
         maker = CardMaker(self.g, review_url)
         cards = []
-        for order in orders:
+        for k, order in enumerate(orders):
             # The engine decides, on this copy of the episode: the same answer as recording.
+            # The draft orders are one order set: each is judged knowing the others.
             try:
-                decision = ep.step(order.event)
+                decision = ep.step(order.event, later=[o.event for o in orders[k + 1 :]])
             except EpisodeError as exc:  # pragma: no cover - time and closure checked above
                 raise ServiceError(409, exc.render()) from None
             cards += [
