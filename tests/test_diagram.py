@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from iechs import Engine, Guideline, load_timeline
+from iechs import Engine, Guideline, load_guideline, load_timeline
 from iechs.cli import main
 from iechs.diagram.dot import DEVIATION_COLOUR, FADED, PATH_COLOUR, to_dot
 from iechs.diagram.extract import diagram_of, dose_text, with_path
@@ -245,6 +245,20 @@ def test_extract_one_node_per_state_one_edge_per_transition(guideline: Guideline
     assert kinds[("suspected", "give_corticosteroid")] == "treatment"
     assert kinds[("surveillance", "reassess")] == "data"
     assert kinds[("surveillance", "close")] == "close"
+
+
+def test_a_declared_line_order_is_in_the_subtitle(guideline: Guideline) -> None:
+    d = diagram_of(guideline)  # the default order: by line number, nothing added
+    assert d.node("second_line_anakinra").subtitle == "Treatment line 2"
+    profile = load_guideline(ROOT / "guideline" / "profiles" / "astct-2023.yaml")
+    p = diagram_of(profile)
+    assert p.node("second_line_anakinra").subtitle == "Treatment line 2 · a first line"
+    lines = sorted(profile.states[s].line or 0 for s in profile.line_after("salvage"))
+    assert p.node("salvage").subtitle == (
+        f"Treatment line {profile.states['salvage'].line} · after line "
+        + " or ".join(str(n) for n in lines)
+    )
+    assert "TREATMENT LINE 2 · A FIRST LINE" in to_dot(p)
 
 
 def test_dose_text(guideline: Guideline) -> None:

@@ -142,3 +142,43 @@ def test_screenshot(review: Loaded, tmp_path: Path) -> None:
     assert data.startswith(b"\x89PNG")
     width = int.from_bytes(data[16:20], "big")
     assert width == 1440
+
+
+def test_actions_and_rules_sections_are_visible(review: Loaded, guideline: Guideline) -> None:
+    page = review.page
+    for section, table, count in (
+        ("#actions", "#actions-table", len(guideline.actions)),
+        ("#rules", "#rules-table", len(guideline.rules)),
+        ("#indications", "#indications-table", len(guideline.indications)),
+        ("#lines", "#lines-table", None),
+    ):
+        page.locator(section).scroll_into_view_if_needed()
+        assert page.locator(section).is_visible(), section
+        rows = page.locator(f"{table} tbody tr")
+        if count is not None:
+            assert rows.count() == count > 0, table
+        assert rows.first.is_visible(), table
+    rule = page.locator("#row-rule-il6_monotherapy")
+    assert rule.is_visible()
+    assert "critical" in rule.inner_text()
+    assert page.locator("#order-set-sequence").is_visible()
+    assert review.errors == []
+
+
+def test_a_state_shows_its_actions_and_a_state_link_opens_it(
+    review: Loaded, guideline: Guideline
+) -> None:
+    page = review.page
+    page.click("#state-first_line_steroids")
+    detail = page.locator("#detail-first_line_steroids")
+    text = " ".join(detail.inner_text().split())
+    assert "ACTIONS (IN THIS ORDER)" in text.upper()
+    for a in guideline.actions.values():
+        if "first_line_steroids" in a.states:
+            assert " ".join(a.text.split()) in text
+    # a state named in the actions table opens that state's details
+    aid = next(k for k, a in guideline.actions.items() if "salvage" in a.states)
+    page.locator(f"#row-action-{aid} a[data-show='salvage']").click()
+    assert page.locator("#detail-salvage").is_visible()
+    assert detail.is_hidden()
+    assert review.errors == []

@@ -390,6 +390,13 @@ def _refs(
 def _check_rules(g: m.Guideline) -> list[Problem]:
     """References of the rules, indication rules, order sets and actions."""
     problems: list[Problem] = []
+    if g.guideline.condition not in INDICATIONS:
+        problems.append(
+            Problem(
+                unknown_name("indication", g.guideline.condition, INDICATIONS),
+                "$.guideline.condition",
+            )
+        )
     for rid, rule in g.rules.items():
         path = f"$.rules.{rid}"
         if rule.upon == "treatment" and rule.treatment is None:

@@ -58,8 +58,6 @@ from .timeline import (
 __all__ = ["SNAPSHOT_FORMAT", "Engine", "Episode"]
 
 SNAPSHOT_FORMAT = "iechs.episode/1"
-#: the indication of the guideline's own condition (timeline vocabulary, DESIGN.md).
-CONDITION = "iec_hs"
 #: the machine events the engine sends for data and for closing (DESIGN.md).
 REASSESS, CLOSE = "reassess", "close"
 
@@ -274,6 +272,7 @@ class Episode:
     def __init__(self, engine: Engine, patient: Patient, episode_id: str) -> None:
         self.engine = engine
         self.g = engine.guideline
+        self.condition = self.g.guideline.condition
         self.episode_id = episode_id
         self.patient = patient
         self.facts = Facts(patient, engine.known_risk_factors)
@@ -338,7 +337,7 @@ class Episode:
             cls = therapy.drug_class
             machine_event = (
                 self.g.drug_classes[cls].event
-                if therapy.indication == CONDITION and cls is not None
+                if therapy.indication == self.condition and cls is not None
                 else None
             )
             evaluation = Evaluation(self.engine.plan, f)  # the dose is now on record
@@ -576,7 +575,7 @@ class Episode:
         rule_devs, rule_alerts = self._treatment_rules(event, therapy, evaluation, state)
         deviations += rule_devs
         alerts += rule_alerts
-        if not route and therapy.indication == CONDITION and new_therapy and not rule_devs:
+        if not route and therapy.indication == self.condition and new_therapy and not rule_devs:
             found = self._unsanctioned(event.drug, therapy, results)
             if found is not None:
                 deviations.append(found[0])
@@ -710,7 +709,7 @@ class Episode:
             self.facts.therapies.values(),
             key=lambda t: self.engine.class_line.get(t.drug_class or "", 0),
         ):
-            if other is therapy or other.indication == CONDITION or other.drug_class is None:
+            if other is therapy or other.indication == self.condition or other.drug_class is None:
                 continue
             other_line = self.engine.class_line.get(other.drug_class)
             other_event = self.g.drug_classes[other.drug_class].event

@@ -113,6 +113,9 @@ class GuidelineMeta:
     #: the safety contract this guideline satisfies (an id of `iechs.contracts`, or a path
     #: relative to the document); a profile cannot change it.
     contract: str | None = None
+    #: the indication (timeline vocabulary) of the condition this guideline treats: treatments
+    #: given for it send their drug class's machine event.
+    condition: str = "iec_hs"
 
 
 @attrs.frozen(kw_only=True)

@@ -1,9 +1,13 @@
 """What changed between two guideline versions or profiles, in the guideline's own terms.
 
-Not a text diff: states, transitions, guards, thresholds (criteria and institutional
-parameters), doses, recommendations, cautions and other statements, citations and `verified`
-flags, added, removed or changed. Transitions are matched by (source, event, target), so a
-reordered list is not a change; recommendations by id; statements by their text.
+Not a text diff: states, the order of treatment lines, transitions, guards, thresholds (criteria,
+institutional parameters and how long a finding stays valid), doses, recommendations, cautions
+and other statements, actions, rules (alerts and deviations), indication rules, the order-set
+sequence, citations, `verified` flags and quotes, and the safety contract the guideline names,
+added, removed or changed. Transitions are matched by (source, event, target), so a reordered
+list is not a change; recommendations by id, actions and rules by their id, statements by their
+text. Indication rules are read in order (the first that matches wins), so they are matched by
+what they match and give, and a new order of the same rules is a change.
 """
 
 from __future__ import annotations
@@ -16,8 +20,17 @@ from typing import Any, Literal
 
 import attrs
 
-from ..model import Citable, Guideline, StateDef, TransitionDef
-from .describe import criterion_rule, number
+from ..model import ActionDef, Citable, Guideline, IndicationRule, Rule, StateDef, TransitionDef
+from .describe import (
+    action_due,
+    concurrency,
+    criterion_rule,
+    finding_validity,
+    indication_match,
+    message_text,
+    number,
+    rule_trigger,
+)
 from .extract import dose_text
 
 __all__ = ["CATEGORIES", "Change", "diff_guidelines", "diff_to_json", "diff_to_text"]
@@ -26,17 +39,24 @@ ChangeKind = Literal["added", "removed", "changed"]
 #: Every category a change can have, in the order a report lists them.
 CATEGORIES = (
     "metadata",
+    "contract",
     "state",
+    "line_order",
     "transition",
     "guard",
     "recommendation",
     "dose",
     "statement",
+    "action",
+    "rule",
+    "indication",
+    "order_set",
     "criterion",
     "threshold",
     "parameter",
     "citation",
     "verified",
+    "quote",
     "source",
     "vocabulary",
     "property",
@@ -103,6 +123,7 @@ class _Diff:
     def cited(self, where: str, old: Citable, new: Citable) -> None:
         self.value("citation", where, list(old.cite), list(new.cite))
         self.value("verified", where, old.verified, new.verified)
+        self.value("quote", where, _quote(old.quote), _quote(new.quote))
 
     def keyed(
         self,
@@ -134,11 +155,16 @@ def _transitions(s: StateDef, sid: str) -> dict[str, TransitionDef]:
     return out
 
 
-def _guard(t: TransitionDef) -> dict[str, list[str]]:
+def _guard(t: TransitionDef | Rule | ActionDef) -> dict[str, list[str]]:
     out = {"when": list(t.when)}
     if t.unless:
         out["unless"] = list(t.unless)
     return out
+
+
+def _quote(quote: str | None) -> str | None:
+    """A quote with its line breaks and runs of spaces collapsed (YAML folding is no change)."""
+    return " ".join(quote.split()) if quote is not None else None
 
 
 def _plain(value: Any) -> Any:
@@ -192,6 +218,101 @@ def _json(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _lines(d: _Diff, old: Guideline, new: Guideline) -> None:
+    """The lines one of which must come before each line (declared, or the line before)."""
+    for sid in old.states:
+        if sid in new.states:
+            before, after = old.line_after(sid), new.line_after(sid)
+            d.value("line_order", f"line {sid} comes after", list(before), list(after))
+
+
+def _rules(d: _Diff, old: Guideline, new: Guideline) -> None:
+    where = "rule {}"
+    for key in d.keyed("rule", old.rules, new.rules, where, _rule_summary):
+        ro, rn = old.rules[key], new.rules[key]
+        here = where.format(key)
+        for field in ("alert", "severity", "deviation"):
+            d.value("rule", f"{here} {field}", getattr(ro, field), getattr(rn, field))
+        d.value("rule", f"{here} message", message_text(ro.message), message_text(rn.message))
+        d.value("rule", f"{here} trigger", rule_trigger(ro), rule_trigger(rn))
+        d.value("rule", f"{here} criteria", _guard(ro), _guard(rn))
+        d.value("rule", f"{here} concurrency", concurrency(ro), concurrency(rn))
+        d.cited(here, ro, rn)
+
+
+def _rule_summary(r: Rule) -> str:
+    return f"alert {r.alert} ({r.severity}), {rule_trigger(r)}"
+
+
+def _indication_key(r: IndicationRule) -> str:
+    return f"{r.indication} if {indication_match(r)}"
+
+
+def _indications(d: _Diff, old: Guideline, new: Guideline) -> None:
+    """Indication rules by what they match and give; their order is a change of its own."""
+    o, n = _numbered(old.indications), _numbered(new.indications)
+    where = "indication rule {}"
+    pos_o = {key: i for i, key in enumerate(o, 1)}
+    pos_n = {key: i for i, key in enumerate(n, 1)}
+    for key in o:
+        if key not in n:
+            before = f"rule {pos_o[key]}: {o[key].reason}"
+            d.add("indication", "removed", where.format(key), before=before)
+    for key in n:
+        if key not in o:
+            after = f"rule {pos_n[key]}: {n[key].reason}"
+            d.add("indication", "added", where.format(key), after=after)
+    common = [key for key in o if key in n]
+    for key in common:
+        here = where.format(key)
+        d.value("indication", f"{here} reason", o[key].reason, n[key].reason)
+        d.cited(here, o[key], n[key])
+    # the same rules in another order: another one may match first
+    d.value("indication", "indication rules order", common, [key for key in n if key in o])
+
+
+def _numbered(rules: tuple[IndicationRule, ...]) -> dict[str, IndicationRule]:
+    out: dict[str, IndicationRule] = {}
+    for r in rules:
+        key, n = _indication_key(r), 2
+        while key in out:  # the same rule twice (only the first can ever match)
+            key = f"{_indication_key(r)} #{n}"
+            n += 1
+        out[key] = r
+    return out
+
+
+def _order_sets(d: _Diff, old: Guideline, new: Guideline) -> None:
+    so, sn = old.order_sets, new.order_sets
+    if so is None or sn is None:
+        if so is not None:
+            d.add("order_set", "removed", "order sets", before=list(so.sequence))
+        if sn is not None:
+            d.add("order_set", "added", "order sets", after=list(sn.sequence))
+        return
+    d.value("order_set", "order sets sequence", list(so.sequence), list(sn.sequence))
+    d.value("order_set", "order sets description", so.description, sn.description)
+    d.cited("order sets", so, sn)
+
+
+def _actions(d: _Diff, old: Guideline, new: Guideline) -> None:
+    where = "action {}"
+    for key in d.keyed("action", old.actions, new.actions, where, _action_summary):
+        ao, an = old.actions[key], new.actions[key]
+        here = where.format(key)
+        for field in ("code", "recommendation"):
+            d.value("action", f"{here} {field}", getattr(ao, field), getattr(an, field))
+        d.value("action", f"{here} text", " ".join(ao.text.split()), " ".join(an.text.split()))
+        d.value("action", f"{here} states", list(ao.states), list(an.states))
+        d.value("action", f"{here} criteria", _guard(ao), _guard(an))
+        d.value("action", f"{here} due", action_due(ao), action_due(an))
+        d.cited(here, ao, an)
+
+
+def _action_summary(a: ActionDef) -> str:
+    return f"{a.code} in [{', '.join(a.states)}]: {' '.join(a.text.split())}"
+
+
 _THRESHOLD_KINDS = {"threshold", "ratio", "trend", "grade", "risk", "time_on_line"}
 _THRESHOLD_KINDS |= {"time_since_infusion"}
 
@@ -204,6 +325,7 @@ def diff_guidelines(old: Guideline, new: Guideline) -> list[Change]:
         d.value(
             "metadata", f"guideline {field}", _json(getattr(mo, field)), _json(getattr(mn, field))
         )
+    d.value("contract", "guideline contract", mo.contract, mn.contract)
     for key in d.keyed("source", old.sources, new.sources, "source {}", lambda s: s.citation):
         d.value("source", f"source {key}", _fields(old.sources[key]), _fields(new.sources[key]))
     where = "parameter {}"
@@ -226,11 +348,20 @@ def diff_guidelines(old: Guideline, new: Guideline) -> list[Change]:
         d.cited(where.format(key), co, cn)
     for key in d.keyed("state", old.states, new.states, "state {}", lambda s: s.name):
         _state(d, old, new, key)
+    _lines(d, old, new)
+    _actions(d, old, new)
+    _rules(d, old, new)
+    _indications(d, old, new)
+    _order_sets(d, old, new)
     for section in ("events", "observations", "findings", "drug_classes", "drugs"):
         o, n = getattr(old, section), getattr(new, section)
         where = f"{section.replace('_', ' ')[:-1]} " + "{}"
         for key in d.keyed("vocabulary", o, n, where, lambda _: None):
-            d.value("vocabulary", where.format(key), _fields(o[key]), _fields(n[key]))
+            skip = ["valid_hours"] if section == "findings" else []
+            d.value("vocabulary", where.format(key), _fields(o[key], skip), _fields(n[key], skip))
+            if section == "findings":  # how long a finding counts: a threshold of criteria
+                here = f"{where.format(key)} validity"
+                d.value("threshold", here, finding_validity(o[key]), finding_validity(n[key]))
             if isinstance(o[key], Citable):
                 d.cited(where.format(key), o[key], n[key])
     o_rf, n_rf = old.risk_factors, new.risk_factors

@@ -63,9 +63,16 @@ def _item(s: Statement | Recommendation, dose: str | None = None) -> Item:
     return Item(text=s.text, verified=s.verified, cite=s.cite, dose=dose)
 
 
-def _subtitle(s: StateDef) -> str:
+def _subtitle(g: Guideline, s: StateDef) -> str:
     if s.line is not None:
-        return f"Treatment line {s.line}"
+        if s.after is None:  # the default order: after the line numbered one less
+            return f"Treatment line {s.line}"
+        lines_before = (g.states[b].line for b in s.after if b in g.states)
+        before = sorted({n for n in lines_before if n is not None})
+        if not before:
+            return f"Treatment line {s.line} · a first line"
+        lines = " or ".join(str(n) for n in before)
+        return f"Treatment line {s.line} · after line {lines}"
     word = _PHASE_WORD.get(s.phase, s.phase.capitalize())
     if s.initial:
         return f"{word} · start"
@@ -100,7 +107,7 @@ def diagram_of(g: Guideline) -> Diagram:
                 id=sid,
                 name=s.name,
                 phase=s.phase,
-                subtitle=_subtitle(s),
+                subtitle=_subtitle(g, s),
                 initial=s.initial,
                 final=s.final,
                 items=items,

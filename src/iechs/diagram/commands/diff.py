@@ -1,5 +1,6 @@
 """`iechs diff OLD NEW [--format text|json]`: what changed between two guideline versions or
-profiles (states, transitions, guards, thresholds, doses, citations, verified flags)."""
+profiles (states, line order, transitions, guards, thresholds, doses, actions, rules, indication
+rules, order sets, citations, verified flags, quotes, the contract)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from . import write_file
 
 __all__ = ["HELP", "configure", "run"]
 
-HELP = "write the review page (HTML): diagram, guards, unverified statements, what changed"
+HELP = "write the review page (HTML): diagram, actions, rules, guards, unverified, what changed"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
