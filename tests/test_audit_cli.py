@@ -33,6 +33,14 @@ def records(db: Path) -> list[dict[str, object]]:
     return [json.loads(b) for (b,) in rows]
 
 
+def snapshots(db: Path) -> list[dict[str, object]]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT snapshot FROM iechs_episodes ORDER BY id").fetchall()
+    return [json.loads(b) for (b,) in rows]
+
+
 @pytest.fixture(scope="module")
 def all_examples(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
     """Every example run through `iechs run --store`; the steps `iechs run` printed for each."""
@@ -95,11 +103,14 @@ def test_replay_cli_on_every_example(
 
 def test_run_store_continues_an_episode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     whole = json.loads(DAY14.read_text())
-    first = {**whole, "events": whole["events"][:9]}
+    # Cut after a whole order set (the file's events 0-9 end with every 2026-03-15T08:00Z
+    # value): the first process decided exactly what a whole run decides up to there.
+    assert whole["events"][9]["at"] == "2026-03-15T08:00:00Z" != whole["events"][10]["at"]
+    first = {**whole, "events": whole["events"][:10]}
     (tmp_path / "first.json").write_text(json.dumps(first))
     db = str(tmp_path / "log.db")
     half = run_json(capsys, str(tmp_path / "first.json"), "--store", db)
-    assert len(half["steps"]) == 10  # type: ignore[arg-type]
+    assert len(half["steps"]) == 11  # type: ignore[arg-type]
     # A later process: the full timeline repeats the recorded events and adds the rest.
     resumed = run_json(capsys, str(DAY14), "--store", db)
     assert resumed == run_json(capsys, str(DAY14))
@@ -109,11 +120,46 @@ def test_run_store_continues_an_episode(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(records(tmp_path / "log.db")) == 17
     db2 = str(tmp_path / "log2.db")
     run_json(capsys, str(tmp_path / "first.json"), "--store", db2)
-    rest = {**whole, "events": whole["events"][9:]}
+    rest = {**whole, "events": whole["events"][10:]}
     (tmp_path / "rest.json").write_text(json.dumps(rest))
     assert run_json(capsys, str(tmp_path / "rest.json"), "--store", db2) == resumed
     assert records(tmp_path / "log2.db") == records(tmp_path / "log.db")
     assert main(["audit", "verify", db]) == 0
+
+
+def test_run_store_completes_an_order_set_in_a_later_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first file has part of the 2026-03-15T08:00Z order set (AST, ferritin, LDH), the
+    second repeats it with the fibrinogen, which sorts among the recorded values: the episode
+    continues with the events not recorded (it does not restart and refuse the timeline)."""
+    whole = json.loads(DAY14.read_text())
+    assert whole["events"][9]["code"] == "fibrinogen"
+    first = {**whole, "events": whole["events"][:9]}
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    db = str(tmp_path / "log.db")
+    half = run_json(capsys, str(tmp_path / "first.json"), "--store", db)
+    resumed = run_json(capsys, str(DAY14), "--store", db)
+    assert resumed["steps"][:10] == half["steps"]  # type: ignore[index]
+    stepped = [s["event"] for s in resumed["steps"][10:]]  # type: ignore[index]
+    assert stepped[0] == {
+        "at": "2026-03-15T08:00:00Z",
+        "kind": "observation",
+        "code": "fibrinogen",
+        "value": 110.0,
+        "unit": "mg/dL",
+    }
+    assert len(stepped) == 7
+    assert resumed["final_state"] == "closed"
+    # What the first file's process knew is what it decided: not what a whole run decides.
+    plain = run_json(capsys, str(DAY14))
+    assert plain["steps"][9] != resumed["steps"][9]  # type: ignore[index]
+    assert plain["path"] == resumed["path"]
+    # Running it again records nothing new; the log is intact and replays.
+    assert run_json(capsys, str(DAY14), "--store", db) == resumed
+    assert len(records(tmp_path / "log.db")) == 17
+    assert main(["audit", "verify", db]) == 0
+    assert main(["audit", "replay", db]) == 0
 
 
 def test_run_store_refuses_another_patient_under_the_same_id(
@@ -156,6 +202,10 @@ def test_export_import_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     assert records(tmp_path / "log.db") == records(tmp_path / "b.db")
+    # The imported store rebuilds the episode's snapshot from the records, what each step knew
+    # to follow it (`later`) included.
+    assert snapshots(tmp_path / "b.db") == snapshots(tmp_path / "log.db")
+    assert any("later" in i for i in snapshots(tmp_path / "b.db")[0]["inputs"])  # type: ignore[operator]
     capsys.readouterr()
     # The imported store holds the episode too: a later run continues it.
     assert run_json(capsys, str(DAY14), "--store", str(tmp_path / "b.db")) == run_json(

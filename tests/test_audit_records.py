@@ -135,17 +135,20 @@ def test_parse_record_names_what_is_wrong() -> None:
 
 def test_recorded_episode_resumes_in_another_store_handle(engine: Engine, tmp_path: Path) -> None:
     timeline = load_timeline(SALVAGE, engine.guideline)
+    events = timeline.events
     db = str(tmp_path / "log.db")
+    # Each step knows what follows it (`later`), as in `Engine.run`; the snapshot keeps it.
     with open_store(db, create=True) as store:
         live = RecordedEpisode.start(engine, store, timeline.patient)
-        for event in timeline.events[:20]:
-            live.step(event)
+        for i in range(20):
+            live.step(events[i], later=engine.later(events, i))
     with open_store(db) as store:  # a later process: restore from the store and go on
         again = RecordedEpisode.resume(engine, store, timeline.patient.id)
         assert again.recorded == 21
-        for event in timeline.events[20:]:
-            again.step(event)
+        for i in range(20, len(events)):
+            again.step(events[i], later=engine.later(events, i))
     whole = engine.run(timeline)
+    assert any(d.later for d in whole.decisions[:21])  # the first process knew what followed
     assert [d.to_json() for d in again.episode.decisions] == [d.to_json() for d in whole.decisions]
     with open_log(db) as log:
         assert verify_log(log).count == len(whole.decisions)
@@ -309,7 +312,7 @@ def test_replay_needs_the_guideline_that_decided(engine: Engine, tmp_path: Path)
             replay_log(log, [engine.guideline])
         report = replay_log(log, [engine.guideline, profile])
     assert report.ok
-    assert report.guidelines == (f"iec-hs-astct-2023 0.1.0 (sha256 {profile.sha256[:12]})",)
+    assert report.guidelines == (f"iec-hs-astct-2023 0.2.0 (sha256 {profile.sha256[:12]})",)
 
 
 # --- FHIR ----------------------------------------------------------------------------------------

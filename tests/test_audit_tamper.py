@@ -167,7 +167,7 @@ def test_sqlite_one_byte_changed(work: Path, capsys: pytest.CaptureFixture[str])
     sql(
         db,
         "UPDATE iechs_records SET body = ? WHERE seq = 23",
-        change_one_byte(str(body), '"detail":"'),
+        change_one_byte(str(body), '"code":"'),  # the observation: ast -> bst
     )
     code, out = verify(capsys, db)
     assert code == 1
@@ -368,7 +368,7 @@ Tamper = Callable[[Path], None]
 
 def jsonl_byte(path: Path) -> None:
     content = lines(path)
-    content[23] = change_one_byte(content[23], '"detail":"')
+    content[23] = change_one_byte(content[23], '"code":"')
     write_lines(path, content)
 
 

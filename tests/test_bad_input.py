@@ -106,35 +106,21 @@ def line_of(text: str, needle: str) -> int:
 
 # --- guideline variants (generated from the real guideline) --------------------------------------
 
-REMOVED_SALVAGE_TRANSITION = """\
-      - event: give_salvage
-        to: salvage
-        when: [escalation_indicated, infection_gate_open]
-        label: salvage (no response to ruxolitinib after the minimum time, or worsening)
-        cite: [hines-2023, neelapu-2018]
-"""
-RESOLVED_TRANSITIONS = """\
-  resolved:
-    name: Response - watch for recurrence
-    phase: outcome
-    description: Organ dysfunction improving and inflammatory markers falling.
-    monitoring:
-      - text: >-
-          Keep monitoring ferritin, sCD25, complete blood count, liver and renal function for
-          recurrence.
-        cite: [seed-summary]
-        verified: true
-    transitions:
-      - event: reassess
-        to: suspected
-        when: [recurrence]
-        label: recurrence (criteria or laboratory signature return, ferritin not falling)
-        cite: [seed-summary, hines-2023]
-      - event: close
-        to: closed
-        label: episode closed
-        cite: [local-protocol]
-"""
+GUIDELINE_TEXT = GUIDELINE.read_text(encoding="utf-8")
+
+
+def _block(start: str, end: str) -> str:
+    """The guideline's text from `start` (which occurs once) up to, not including, the first
+    `end` after it: a block taken from the real guideline, so its quotes and flags stay in sync."""
+    assert GUIDELINE_TEXT.count(start) == 1, f"{start!r} occurs {GUIDELINE_TEXT.count(start)} times"
+    i = GUIDELINE_TEXT.index(start)
+    return GUIDELINE_TEXT[i : GUIDELINE_TEXT.index(end, i + len(start))]
+
+
+# the only transition into salvage (from refractory_ruxolitinib)
+REMOVED_SALVAGE_TRANSITION = _block("      - event: give_salvage\n", "      - event: ")
+RESOLVED_TRANSITIONS = _block("  resolved:\n", "\n  closed:\n")
+assert "      - event: reassess\n        to: suspected\n" in RESOLVED_TRANSITIONS
 RESOLVED_NO_TRANSITIONS = RESOLVED_TRANSITIONS.split("    transitions:\n", maxsplit=1)[0]
 RESOLVED_SELF_LOOP = (
     RESOLVED_NO_TRANSITIONS
@@ -239,9 +225,9 @@ GUIDELINE_CASES = [
     ),
     GuidelineCase(
         "unknown-source-in-cite",
-        "    cite: [hayden-2017]\n",
-        "    cite: [hayden-2071]\n",
-        "cite: [hayden-2071]",
+        "    cite: [hayden-2017, seed-summary]\n",
+        "    cite: [hayden-2071, seed-summary]\n",
+        "cite: [hayden-2071, seed-summary]",
         "$.observations.scd25.cite[0]",
         ("unknown source", "'hayden-2071'", "did you mean", "'hayden-2017'"),
     ),
@@ -266,7 +252,7 @@ GUIDELINE_CASES = [
 
 def write_variant(tmp_path: Path, case: GuidelineCase) -> tuple[Path, int]:
     """The real guideline with one replacement, and the line its message must name."""
-    text = GUIDELINE.read_text(encoding="utf-8")
+    text = GUIDELINE_TEXT
     assert case.old in text, f"{case.id}: the guideline no longer contains {case.old!r}"
     variant = text.replace(case.old, case.new, 1)
     assert variant != text
@@ -420,10 +406,10 @@ TIMELINE_CASES = [
     case(
         "unit-of-another-observation",
         ("events", 0, "unit"),
-        "g/L",
+        "U/L",
         "$.events[0].unit",
         "unknown unit",
-        "'g/L'",
+        "'U/L'",
     ),
     case("negative-value", ("events", 0, "value"), -5, "$.events[0].value", "negative"),
     case("implausible-value", ("events", 0, "value"), 5e7, "$.events[0].value", "implausible"),
@@ -708,8 +694,10 @@ def walk(node: Any) -> Iterator[Any]:
 
 
 def test_observations_before_infusion_are_baseline(tmp_path: Path) -> None:
-    # Ferritin 500 is not above 2 x ULN (300): only a baseline can make it "raised", so the
-    # screening criteria must read the pre-infusion value (200 ug/L = 200 ng/mL) as the baseline.
+    # The pre-infusion ferritin (400 ug/L = 400 ng/mL) is above the ULN (300), so "raised" is
+    # judged against twice that baseline: 700 ng/mL is above 2 x ULN (600) but not above
+    # 2 x baseline (800). Only a criterion that reads the pre-infusion value as the baseline
+    # finds ferritin not raised.
     doc = {
         "patient": {"id": "P-pre-infusion", "infusion_at": "2026-01-01T10:00:00Z"},
         "events": [
@@ -717,7 +705,7 @@ def test_observations_before_infusion_are_baseline(tmp_path: Path) -> None:
                 "at": "2025-12-31T08:00:00Z",  # the day before infusion
                 "kind": "observation",
                 "code": "ferritin",
-                "value": 200,
+                "value": 400,
                 "unit": "ug/L",
             },
             {
@@ -731,7 +719,7 @@ def test_observations_before_infusion_are_baseline(tmp_path: Path) -> None:
                 "at": "2026-01-12T08:00:00Z",
                 "kind": "observation",
                 "code": "ferritin",
-                "value": 500,
+                "value": 700,
                 "unit": "ng/mL",
             },
         ],
@@ -740,22 +728,37 @@ def test_observations_before_infusion_are_baseline(tmp_path: Path) -> None:
     reads = [
         n
         for n in walk(out)
-        if isinstance(n, dict) and n.get("what") == "baseline ferritin" and n.get("value") == 200
+        if isinstance(n, dict)
+        and n.get("what") == "baseline ferritin (abnormal at infusion)"
+        and n.get("value") == 400
     ]
     assert reads, "the pre-infusion ferritin was not read as the baseline"
     assert all(r.get("at") == "2025-12-31T08:00:00Z" for r in reads), reads
+    verdicts = [
+        s["criteria"]["ferritin_raised"]
+        for s in out["steps"]
+        if "ferritin_raised" in s.get("criteria", {})
+    ]
+    assert verdicts, "ferritin_raised was never evaluated"
+    assert {v["result"] for v in verdicts} == {"FALSE"}, verdicts
+    assert out["final_state"] == "surveillance"
 
 
 def test_events_out_of_order_are_sorted(tmp_path: Path) -> None:
     doc = json.loads(EXAMPLE.read_text(encoding="utf-8"))
     in_order = run_json(write_timeline(tmp_path, doc, "in-order.json"))
-    # Reverse the order of the time groups; events at the same time keep their file order.
+    # Reverse the order of the time groups.
     groups = [list(g) for _, g in groupby(doc["events"], key=lambda e: e["at"])]
     assert len(groups) > 2
     shuffled = [ev for group in reversed(groups) for ev in group]
     assert shuffled != doc["events"]
     doc["events"] = shuffled
     out_of_order = run_json(write_timeline(tmp_path, doc, "out-of-order.json"))
+    # Reverse the events inside each time group too: an order set's file order does not count.
+    doc["events"] = [ev for group in reversed(groups) for ev in reversed(group)]
+    assert any(len(g) > 1 for g in groups)
+    reversed_ties = run_json(write_timeline(tmp_path, doc, "reversed-ties.json"))
+    assert reversed_ties["steps"] == in_order["steps"]
     times = [step["at"] for step in out_of_order["steps"]]
     assert times == sorted(times)
     assert out_of_order == in_order
@@ -803,8 +806,11 @@ def test_parse_timeline_not_a_mapping(guideline: iechs.Guideline, data: Any) -> 
     assert [p.path for p in info.value.problems] == ["$"]
 
 
-def test_parse_timeline_sorts_and_keeps_ties(guideline: iechs.Guideline) -> None:
+def test_parse_timeline_sorts_ties_canonically(guideline: iechs.Guideline) -> None:
+    """Events are sorted by time; events at one time (an order set) in the canonical order,
+    facts before treatments, whatever their order in the file."""
     doc = copy.deepcopy(BASE)
+    in_file_order = iechs.parse_timeline(copy.deepcopy(doc), guideline)
     doc["events"].reverse()
     before_infusion = {
         "at": "2025-12-31T08:00:00+02:00",
@@ -818,8 +824,12 @@ def test_parse_timeline_sorts_and_keeps_ties(guideline: iechs.Guideline) -> None
     times = [ev.at for ev in timeline.events]
     assert times == sorted(times)
     kinds = [ev.kind for ev in timeline.events]
-    # The reversed file had the assessment before the observation at 2026-01-12T08:00Z: kept.
-    assert kinds == ["observation", "assessment", "observation", "treatment", "response", "close"]
+    # The reversed file had the assessment before the observation at 2026-01-12T08:00Z: the
+    # observation comes first all the same (facts: observation, finding, assessment, response).
+    assert kinds == ["observation", "observation", "assessment", "treatment", "response", "close"]
+    assert timeline.events[1:] == in_file_order.events
+    # positions name each event's index in the (reversed) file, for messages
+    assert timeline.positions == (5, 4, 3, 2, 1, 0)
     first = timeline.events[0]
     assert isinstance(first, ObservationEvent)
     assert (first.code, first.unit) == ("ldh", "U/L")  # canonical unit

@@ -18,7 +18,7 @@ DAY14 = ROOT / "examples" / "day14-steroid-response.json"
 def test_validate_bundled_guideline(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
-    assert "iec-hs 0.1.0" in out
+    assert "iec-hs 0.2.0" in out
     assert "8 states, 18 transitions" in out
 
 
@@ -38,12 +38,31 @@ def test_run_json_structure(capsys: pytest.CaptureFixture[str]) -> None:
     step = doc["steps"][12]
     assert (step["from"], step["to"]) == ("suspected", "first_line_steroids")
     assert step["guards"][0]["result"] == "TRUE"
-    assert step["criteria"]["ferritin_above_2x_uln"]["reads"][0]["value"] == 26000
+    # the baseline (450 ng/mL) is above the ULN (300): ferritin is judged against twice it
+    ferritin = step["criteria"]["ferritin_raised"]
+    assert ferritin["result"] == "TRUE"
+    assert [(r["what"], r["value"]) for r in ferritin["reads"]] == [
+        ("ferritin", 26000),
+        ("baseline ferritin (abnormal at infusion)", 450),
+    ]
     assert step["criteria"]["iec_hs_identified"]["detail"] == (
         "any of: hines_identification=TRUE, 1 more not needed"
     )
-    assert step["recommendations"][0]["cite"] == ["seed-summary", "seed-news-2026", "hines-2023"]
-    assert [a["code"] for a in doc["alerts"]] == ["missing_data", "missing_data"]
+    # the line (from the seeds) and the dose (hines-2023 only) are separate recommendations
+    assert [(r["id"], r["cite"]) for r in step["recommendations"][:2]] == [
+        ("corticosteroids-first-line", ["seed-summary", "seed-news-2026"]),
+        ("dexamethasone-high-dose", ["hines-2023"]),
+    ]
+    # Only the day-8 reassessment lacks data. The ferritin of 2026-03-16T08:00Z is one order set
+    # with the response charted at the same time: decided together, nothing is missing.
+    assert [(a["code"], a["at"]) for a in doc["alerts"]] == [
+        ("missing_data", "2026-03-10T08:00:00Z")
+    ]
+    ferritin_then_response = doc["steps"][14:16]
+    assert [s["event"]["kind"] for s in ferritin_then_response] == ["observation", "response"]
+    assert ferritin_then_response[0]["later"] == [ferritin_then_response[1]["event"]]
+    assert ferritin_then_response[0]["to"] == "first_line_steroids"
+    assert ferritin_then_response[1]["to"] == "resolved"
 
 
 def test_run_json_has_sorted_keys(capsys: pytest.CaptureFixture[str]) -> None:

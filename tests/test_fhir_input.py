@@ -392,13 +392,14 @@ def test_laboratory_value_by_loinc_or_by_iechs_code(read: Any) -> None:
         )
     )
     at = datetime(2026, 1, 10, 8, tzinfo=UTC)
+    # One time, one order set: in the canonical order (by content), not the Bundle's.
     assert timeline.events == (
-        ObservationEvent(at=at, code="ferritin", loinc="2276-4", value=5000, unit="ng/mL"),
-        ObservationEvent(at=at, code="scd25", value=2400, unit="U/mL"),
         ObservationEvent(at=at, code="ast", value=90, unit="U/L"),
+        ObservationEvent(at=at, code="ferritin", loinc="2276-4", value=5000, unit="ng/mL"),
         ObservationEvent(at=at, code="hemoglobin", loinc="718-7", value=9.5, unit="g/dL"),
+        ObservationEvent(at=at, code="scd25", value=2400, unit="U/mL"),
     )
-    assert timeline.positions == (2, 3, 4, 5)
+    assert timeline.positions == (4, 2, 5, 3)  # the Bundle entries they come from
     assert timeline.ignored == ()
 
 
@@ -620,15 +621,17 @@ def test_assessment_panel_and_single_observations(read: Any) -> None:
     ]
     timeline = read(bundle(panel, *single))
     at = datetime(2026, 1, 10, 8, tzinfo=UTC)
+    # One time, one order set: in the canonical order (by content), not the Bundle's.
     assert timeline.events == (
+        AssessmentEvent(at=at, antimicrobials=False),
         AssessmentEvent(
             at=at, crs_grade=2, icans_grade=1, infection="suspected", antimicrobials=True
         ),
         AssessmentEvent(at=at, crs_grade=3),
         AssessmentEvent(at=at, icans_grade=0),
         AssessmentEvent(at=at, infection="confirmed"),
-        AssessmentEvent(at=at, antimicrobials=False),
     )
+    assert timeline.positions == (6, 2, 3, 4, 5)
     assert ignored(timeline) == [
         ("$.entry[2].resource.component[4]", "a component iechs does not read (LOINC 8867-4)")
     ]
@@ -740,10 +743,12 @@ def test_findings(read: Any, fails: Any) -> None:
     )
     absent = observation(ours("hemophagocytosis"), valueBoolean=False)
     at = datetime(2026, 1, 10, 8, tzinfo=UTC)
-    assert read(bundle(graded, absent)).events == (
-        FindingEvent(at=at, code="hypotension", present=True, grade=3),
+    found = read(bundle(graded, absent))
+    assert found.events == (  # one order set, in the canonical order (by content)
         FindingEvent(at=at, code="hemophagocytosis", present=False),
+        FindingEvent(at=at, code="hypotension", present=True, grade=3),
     )
+    assert found.positions == (3, 2)
     assert fails(bundle(observation(ours("splenomegaly")))) == [
         ("$.entry[2].resource", "the finding splenomegaly needs valueBoolean (present or not)")
     ]
@@ -862,11 +867,13 @@ def test_medication_references(read: Any, fails: Any) -> None:
     display_only = copy.deepcopy(by_entry)
     display_only["medicationReference"] = {"display": "Anakinra"}
     timeline = read(bundle(medication, unused, by_entry, contained, display_only))
+    # At one time: in the guideline's order-set sequence (IL-1, then JAK, then salvage).
     assert [e.drug for e in timeline.events if isinstance(e, TreatmentEvent)] == [
+        "anakinra",
         "ruxolitinib",
         "emapalumab",
-        "anakinra",
     ]
+    assert timeline.positions == (6, 4, 5)
     assert ignored(timeline) == [
         ("$.entry[3].resource", "no MedicationAdministration refers to this Medication")
     ]
@@ -1055,7 +1062,9 @@ def test_example_bundle_runs_like_its_native_timeline(capsys: pytest.CaptureFixt
     )
     assert doc["alerts"] == native["alerts"]
     assert [s["to"] for s in doc["steps"]] == [s["to"] for s in native["steps"]]
-    assert doc["steps"][2]["event"] == {
+    # 2026-03-07T08:00Z: the ferritin (with its LOINC code) before the assessment, as in
+    # every order set, whatever the Bundle's order.
+    assert doc["steps"][1]["event"] == {
         "at": "2026-03-07T08:00:00Z",
         "code": "ferritin",
         "kind": "observation",
@@ -1063,6 +1072,8 @@ def test_example_bundle_runs_like_its_native_timeline(capsys: pytest.CaptureFixt
         "unit": "ng/mL",
         "value": 2400.0,
     }
+    assert doc["steps"][2]["event"] == native["steps"][2]["event"]
+    assert doc["steps"][2]["event"]["kind"] == "assessment"
     assert doc["ignored"] == [
         {"path": "$.entry[1].resource", "message": "iechs does not read Encounter resources"},
         {

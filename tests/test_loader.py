@@ -54,12 +54,23 @@ def test_every_clinical_statement_cites_a_known_source(guideline: Guideline) -> 
 def test_reference_r_statements_stay_unverified(guideline: Guideline) -> None:
     # [R] in the clinical reference: hines-2023 identification and doses are not checked yet.
     assert not guideline.criteria["hines_identification"].verified
-    anakinra = guideline.states["second_line_anakinra"].recommendations[0]
+    anakinra = guideline.recommendation("anakinra-adult")
     assert anakinra.dose is not None
     assert (anakinra.dose.min, anakinra.dose.max) == (100, 200)
+    assert anakinra.cite == ("hines-2023",)
     assert not anakinra.verified
-    # [V] from the seeds: verified.
+    dexamethasone = guideline.recommendation("dexamethasone-high-dose")
+    assert dexamethasone.dose is not None
+    assert (dexamethasone.dose.min, dexamethasone.dose.max) == (10, 20)
+    assert dexamethasone.cite == ("hines-2023",)
+    assert not dexamethasone.verified
+    # [V] from the seeds: verified (the seeds give the line, not the dose).
     assert guideline.criteria["cartox_hlh"].verified
+    for rid in ("corticosteroids-first-line", "anakinra-added"):
+        rec = guideline.recommendation(rid)
+        assert rec.verified, rid
+        assert rec.dose is None, rid
+        assert "hines-2023" not in rec.cite, rid
 
 
 def test_institutional_parameters_are_local_with_defaults(guideline: Guideline) -> None:
@@ -70,10 +81,16 @@ def test_institutional_parameters_are_local_with_defaults(guideline: Guideline) 
         "ldh_uln",
         "reassessment_interval_hours",
         "min_hours_before_escalation",
+        "escalation_due_hours",
+        "finding_validity_hours",
+        "therapy_continuity_hours",
     ):
         assert params[name].local, name
     assert params["reassessment_interval_hours"].value == 12
-    assert params["min_hours_before_escalation"].value == 48
+    # escalation is allowed from 24 h (the lower end of "24-48 h") and due at 48 h
+    assert params["min_hours_before_escalation"].value == 24
+    assert params["escalation_due_hours"].value == 48
+    assert "trend_window_hours" not in params  # trends: latest fresh value vs the previous one
 
 
 def test_unknown_criterion_names_line_path_and_suggestion() -> None:
@@ -124,11 +141,11 @@ def test_malformed_yaml_names_the_line() -> None:
 
 def test_missing_citation_is_a_problem() -> None:
     text = edited(
-        "        cite: [seed-summary, seed-news-2026, hines-2023]\n      - id: methyl",
-        "      - id: methyl",
+        "        cite: [hines-2023]\n      - id: methylprednisolone-equivalent",
+        "      - id: methylprednisolone-equivalent",
     )
     paths = [p.path for p in problems_of(text).problems]
-    assert "$.states.first_line_steroids.recommendations[0].cite" in paths
+    assert "$.states.first_line_steroids.recommendations[1].cite" in paths  # dexamethasone
 
 
 def test_unknown_source_key_is_a_problem() -> None:
@@ -151,7 +168,7 @@ def test_unknown_observation_in_criterion() -> None:
 
 
 def test_unknown_parameter_reference() -> None:
-    text = edited("reference: $ast_uln}", "reference: $ast_ulnn}")
+    text = edited("reference: $ast_uln,", "reference: $ast_ulnn,")
     (p,) = problems_of(text).problems
     assert p.path == "$.criteria.ast_above_5x_uln.ratio.reference"
     assert "unknown parameter 'ast_ulnn'" in p.message

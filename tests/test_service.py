@@ -32,7 +32,9 @@ def _load_helpers() -> Any:
 
 
 S = _load_helpers()
-IL6 = S.EXAMPLES / "tocilizumab-monotherapy-deviation.json"  # first_line_steroids, dex 11 h ago
+# first_line_steroids since its last event, dexamethasone at 2026-07-10T21:00Z; the tocilizumab
+# therapy (2026-07-09T19:30Z, 2026-07-10T03:00Z, in suspected) was judged then.
+IL6 = S.EXAMPLES / "tocilizumab-monotherapy-deviation.json"
 DAY14 = S.EXAMPLES / "day14-steroid-response.json"  # closed
 
 
@@ -50,6 +52,15 @@ def timelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     later = "2026-05-17T10:00:00Z"
     icans = {"at": later, "kind": "assessment", "crs_grade": 0, "icans_grade": 2}
     infection = {"at": later, "kind": "assessment", "infection": "suspected"}
+    steroid = {
+        "at": later,
+        "kind": "treatment",
+        "drug": "dexamethasone",
+        "dose": 10,
+        "unit": "mg",
+        "route": "IV",
+        "indication": "iec_hs",
+    }
     return {
         "svc-no-steroid": S.NO_STEROID,
         "il6-monotherapy": IL6,
@@ -59,6 +70,10 @@ def timelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
         "svc-infection": S.write_timeline(
             folder / "infection.json", _variant(S.NO_STEROID, "svc-infection", [infection])
+        ),
+        # first_line_steroids: dexamethasone at 2026-05-17T10:00Z, its last event.
+        "svc-steroid": S.write_timeline(
+            folder / "steroid.json", _variant(S.NO_STEROID, "svc-steroid", [steroid])
         ),
         # CRS grade 2, IEC-HS criteria not met: tocilizumab treats CRS (outside the guideline).
         "svc-crs": S.write_timeline(folder / "crs.json", _variant(IL6, "svc-crs", [], keep=2)),
@@ -93,16 +108,25 @@ def head(store: str) -> tuple[int, str]:
     return h.seq, h.hash
 
 
+def order_alerts(engine: Engine) -> frozenset[str]:
+    """The alerts order-sign returns: the engine's own about a treatment, and those of the
+    guideline's treatment rules."""
+    rules = {r.alert for r in engine.guideline.rules.values() if r.upon == "treatment"}
+    return ORDER_ALERTS | rules
+
+
 def expected_alerts(
     engine: Engine, timeline: Path, orders: list[dict[str, Any]], now: str | None = None
 ) -> list[str]:
-    """What the engine itself says when these treatments are recorded (the oracle)."""
+    """What the engine itself says when these treatments are recorded as one order set (the
+    oracle): each knows the rest of the set (`later`), as in a retrospective run."""
     episode = engine.run(load_timeline(timeline, engine.guideline))
     at = now or format_time(episode.decisions[-1].at)
+    events = [parse_event({"at": at, "kind": "treatment", **o}, engine.guideline) for o in orders]
     codes: list[str] = []
-    for order in orders:
-        event = parse_event({"at": at, "kind": "treatment", **order}, engine.guideline)
-        codes += [a.code for a in episode.step(event).alerts if a.code in ORDER_ALERTS]
+    for k, event in enumerate(events):
+        decision = episode.step(event, later=events[k + 1 :])
+        codes += [a.code for a in decision.alerts if a.code in order_alerts(engine)]
     return sorted(codes)
 
 
@@ -132,7 +156,20 @@ def test_discovery_lists_both_services(client: httpx.Client) -> None:
 def test_patient_view_shows_state_recommendations_and_citations(
     client: httpx.Client, server: Any
 ) -> None:
-    (card,) = cards(client, S.PATIENT_VIEW, S.patient_view("svc-no-steroid"))
+    # The leading card says what to do next; the state card follows (no alert in suspected).
+    actions, card = cards(client, S.PATIENT_VIEW, S.patient_view("svc-no-steroid"))
+    assert actions["source"]["topic"]["code"] == "actions"
+    assert (
+        actions["summary"] == "Next: Start high-dose corticosteroids for IEC-HS now (first line)."
+    )
+    assert actions["indicator"] == "warning"  # a treatment to start
+    assert "1. `start_corticosteroid`: " in actions["detail"]
+    assert "dexamethasone, 10-20 mg, IV, every 6 h" in actions["detail"]  # the sourced dose
+    (suggestion,) = actions["suggestions"]
+    (create,) = suggestion["actions"]
+    assert create["type"] == "create"
+    assert create["resource"]["medicationCodeableConcept"] == {"text": "dexamethasone"}
+    assert create["resource"]["subject"] == {"reference": "Patient/svc-no-steroid"}
     assert card["indicator"] == "info"
     assert card["summary"] == "IEC-HS episode: IEC-HS suspected (since 2026-05-17 08:00 UTC)"
     assert "IEC-HS criteria (`iec_hs_identified`): **met**" in card["detail"]
@@ -157,28 +194,48 @@ def test_patient_view_shows_state_recommendations_and_citations(
 def test_patient_view_says_what_is_due_at_the_hooks_time(
     client: httpx.Client, engine: Engine
 ) -> None:
-    # il6-monotherapy: last reassessment 2026-07-10T08:00Z; reassess every 12 h.
+    # svc-no-steroid: last reassessment 2026-05-17T09:30Z (its last event); reassess every 12 h.
     assert "reassessment_overdue" not in S.topics(
-        cards(client, S.PATIENT_VIEW, S.patient_view("il6-monotherapy"))
+        cards(client, S.PATIENT_VIEW, S.patient_view("svc-no-steroid"))
     )
-    due = cards(client, S.PATIENT_VIEW, S.patient_view("il6-monotherapy", "2026-07-10T21:00:00Z"))
+    assert "reassessment_overdue" not in S.topics(
+        cards(client, S.PATIENT_VIEW, S.patient_view("svc-no-steroid", "2026-05-17T21:30:00Z"))
+    )
+    now = "2026-05-17T22:00:00Z"
+    due = cards(client, S.PATIENT_VIEW, S.patient_view("svc-no-steroid", now))
     overdue = [c for c in due if c["source"]["topic"]["code"] == "reassessment_overdue"]
     assert len(overdue) == 1
     assert overdue[0]["indicator"] == "warning"
     # The engine's own answer for the same question.
-    episode = engine.run(load_timeline(IL6, engine.guideline))
-    decision = episode.advance(episode.decisions[-1].at.replace(day=10, hour=21))
+    episode = engine.run(load_timeline(S.NO_STEROID, engine.guideline))
+    decision = episode.advance(episode.decisions[-1].at.replace(hour=22, minute=0))
     assert [a.message for a in decision.alerts] == [overdue[0]["detail"].split("\n\n")[0]]
+    assert "due by 2026-05-17T21:30:00Z" in decision.alerts[0].message
     # Asking changed nothing: the same answer again, with the same card uuids.
-    again = cards(client, S.PATIENT_VIEW, S.patient_view("il6-monotherapy", "2026-07-10T21:00:00Z"))
+    again = cards(client, S.PATIENT_VIEW, S.patient_view("svc-no-steroid", now))
     assert [c["uuid"] for c in again] == [c["uuid"] for c in due]
+    # il6-monotherapy entered first line at 2026-07-10T21:00Z: the clock restarted then, so
+    # the overdue card the next morning is the first line's (due by 09:00), not suspected's.
+    morning = cards(
+        client, S.PATIENT_VIEW, S.patient_view("il6-monotherapy", "2026-07-11T10:00:00Z")
+    )
+    (late,) = [c for c in morning if c["source"]["topic"]["code"] == "reassessment_overdue"]
+    assert late["summary"].startswith(
+        "Reassessment overdue: last at 2026-07-10T21:00:00Z, due by 2026-07-11T09:00:00Z"
+    )
 
 
 def test_alerts_of_the_current_state_are_shown(client: httpx.Client) -> None:
     found = cards(client, S.PATIENT_VIEW, S.patient_view("il6-monotherapy"))
-    # In first_line_steroids: tocilizumab again (off_guideline_therapy, warning).
-    assert S.topics(found) == ["state", "off_guideline_therapy"]
-    assert found[1]["overrideReasons"]
+    # The dexamethasone that entered first_line_steroids came 13 h after the last
+    # reassessment (reassessment_overdue, warning). The tocilizumab alerts were raised in
+    # suspected (il6_monotherapy, off_guideline_therapy): not shown in this state.
+    assert S.topics(found) == ["actions", "state", "reassessment_overdue"]
+    assert found[1]["summary"] == (
+        "IEC-HS episode: First line - corticosteroids (since 2026-07-10 21:00 UTC)"
+    )
+    assert found[2]["indicator"] == "warning"
+    assert found[2]["overrideReasons"]
 
 
 def test_unknown_and_closed_patients(client: httpx.Client) -> None:
@@ -200,7 +257,9 @@ def test_prefetched_patient_identifier_names_the_episode(client: httpx.Client) -
         ],
     }
     body = S.patient_view("fhir-123", prefetch={"patient": patient})
-    assert S.topics(cards(client, S.PATIENT_VIEW, body)) == ["state"]
+    found = cards(client, S.PATIENT_VIEW, body)
+    assert S.topics(found) == ["actions", "state"]
+    assert found[1]["summary"].startswith("IEC-HS episode: IEC-HS suspected")
     wrong = S.patient_view("fhir-999", prefetch={"patient": patient})
     response = client.post(S.PATIENT_VIEW, json=wrong)
     assert response.status_code == 400
@@ -216,16 +275,34 @@ def test_prefetched_patient_identifier_names_the_episode(client: httpx.Client) -
         # IEC-HS criteria met, no corticosteroid: IL-6 blockade alone is critical.
         ("svc-no-steroid", [{"drug": "tocilizumab"}], None, ["il6_monotherapy"]),
         ("svc-no-steroid", [{"drug": "siltuximab"}], None, ["il6_monotherapy"]),
-        # A corticosteroid in the same order set counts (listed after: it is stepped first).
+        # A corticosteroid in the same order set counts (listed after: it is stepped first):
+        # IL-6 blockade with it is still no line of this guideline.
         (
             "svc-no-steroid",
             [{"drug": "tocilizumab"}, {"drug": "dexamethasone", "indication": "iec_hs"}],
             None,
             ["off_guideline_therapy"],
         ),
-        # Dexamethasone recorded 11 h before: not monotherapy; 36 h later it is.
-        ("il6-monotherapy", [{"drug": "tocilizumab"}], None, ["off_guideline_therapy"]),
-        ("il6-monotherapy", [{"drug": "tocilizumab"}], "2026-07-11T09:00:00Z", ["il6_monotherapy"]),
+        # Dexamethasone recorded 11 h before: not monotherapy; 24 h after it, it is.
+        (
+            "svc-steroid",
+            [{"drug": "tocilizumab"}],
+            "2026-05-17T21:00:00Z",
+            ["off_guideline_therapy"],
+        ),
+        (
+            "svc-steroid",
+            [{"drug": "tocilizumab"}],
+            "2026-05-18T09:59:00Z",
+            ["off_guideline_therapy"],
+        ),
+        ("svc-steroid", [{"drug": "tocilizumab"}], "2026-05-18T10:01:00Z", ["il6_monotherapy"]),
+        # A dose within 72 h of the last continues that therapy, judged once already (here at
+        # 2026-07-09T19:30Z and 2026-07-10T03:00Z); after 72 h it is a new therapy, judged anew
+        # (the dexamethasone of 2026-07-10T21:00Z is then 84 h old).
+        ("il6-monotherapy", [{"drug": "tocilizumab"}], None, []),
+        ("il6-monotherapy", [{"drug": "tocilizumab"}], "2026-07-13T02:59:00Z", []),
+        ("il6-monotherapy", [{"drug": "tocilizumab"}], "2026-07-14T09:00:00Z", ["il6_monotherapy"]),
         # ICANS: tocilizumab is a warning (and here monotherapy too).
         (
             "svc-icans",
@@ -264,12 +341,12 @@ def test_order_sign_gives_the_engines_alerts(
     ]
     found = cards(client, S.ORDER_SIGN, S.order_sign(patient, *resources, now=now))
     assert sorted(S.topics(found)) == expected
-    # The oracle: the engine recording the same treatments, in the documented signing order
-    # (antimicrobials, then corticosteroids, then the rest).
-    rank = {"antimicrobial": 0, "corticosteroid": 1}
-    signed = sorted(
-        orders, key=lambda o: rank.get(engine.guideline.drug_class_of(o["drug"]) or "", 2)
-    )
+    # The oracle: the engine recording the same treatments as one order set, in the
+    # guideline's order (`order_sets.sequence`: antimicrobials, corticosteroids, ...).
+    g = engine.guideline
+    assert g.order_sets is not None
+    rank = {cls: i for i, cls in enumerate(g.order_sets.sequence)}
+    signed = sorted(orders, key=lambda o: rank.get(g.drug_class_of(o["drug"]) or "", len(rank)))
     assert expected == expected_alerts(engine, timelines[patient], signed, now)
     severity = {
         "il6_monotherapy": "critical",
@@ -310,16 +387,42 @@ def test_order_sign_reads_fhir_medication_names(client: httpx.Client) -> None:
         "contained": [{"resourceType": "Medication", "id": "med", "code": {"text": "Siltuximab"}}],
     }
     cancelled = S.medication_request("tocilizumab", "rx-3", status="cancelled")
-    found = cards(
-        client, S.ORDER_SIGN, S.order_sign("svc-no-steroid", rxnorm, referenced, cancelled)
-    )
-    assert S.topics(found) == ["il6_monotherapy", "il6_monotherapy"]
-    assert [c["suggestions"][0]["actions"][0]["resourceId"] for c in found] == [
-        "MedicationRequest/rx-1",
-        "MedicationRequest/rx-2",
-    ]
-    assert found[0]["summary"].startswith("Tocilizumab without a corticosteroid")
-    assert found[1]["summary"].startswith("Siltuximab without a corticosteroid")
+
+    def deleted(found: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return [
+            (c["summary"].split(" ", 1)[0], c["suggestions"][0]["actions"][0]["resourceId"])
+            for c in found
+        ]
+
+    # Each name read: the RxNorm display, and the contained Medication's code.
+    for order, name in ((rxnorm, "Tocilizumab"), (referenced, "Siltuximab")):
+        found = cards(client, S.ORDER_SIGN, S.order_sign("svc-no-steroid", order, cancelled))
+        assert S.topics(found) == ["il6_monotherapy"]
+        assert deleted(found) == [(name, f"MedicationRequest/{order['id']}")]
+        assert found[0]["summary"].startswith(f"{name} without a corticosteroid")
+    # Together they are one IL-6 blockade therapy (one drug class), judged once: at its first
+    # order in the guideline's order (by content within a class), whatever the Bundle's order.
+    for bundle in ((rxnorm, referenced, cancelled), (cancelled, referenced, rxnorm)):
+        found = cards(client, S.ORDER_SIGN, S.order_sign("svc-no-steroid", *bundle))
+        assert deleted(found) == [("Siltuximab", "MedicationRequest/rx-2")]
+
+
+def test_order_alerts_are_the_guidelines_treatment_rules(engine: Engine, store: str) -> None:
+    from iechs.service.core import HookService, ServiceConfig
+
+    assert frozenset({"off_guideline_therapy", "treatment_unconfirmed"}) == ORDER_ALERTS
+    assert order_alerts(engine) == {
+        "off_guideline_therapy",
+        "treatment_unconfirmed",
+        "il6_monotherapy",
+        "tocilizumab_with_icans",
+        "immunosuppression_before_antimicrobials",
+    }
+    service = HookService(ServiceConfig(store=store))
+    try:
+        assert service.order_alerts == order_alerts(engine)
+    finally:
+        service.close()
 
 
 def test_order_sign_records_nothing(client: httpx.Client, store: str) -> None:

@@ -27,6 +27,8 @@ RESPONSE = ("improving", "stable", "worsening", "resolved")
 CLOSE_REASONS = ("follow_up_complete", "death", "transfer")
 INDICATIONS = ("iec_hs", "crs", "icans", "infection", "other")
 INFUSION = datetime(2026, 1, 1, 10, tzinfo=UTC)
+#: the kinds of facts, in the order they come within one time (DESIGN.md, order sets).
+FACTS = ("observation", "finding", "assessment", "response")
 
 # --- random JSON ---------------------------------------------------------------------------------
 
@@ -350,8 +352,27 @@ def test_valid_timelines_parse_sorted_and_stable(
     doc = data.draw(valid_timelines(guideline), label="doc")
     timeline = iechs.parse_timeline(doc, guideline)  # a valid timeline: must not raise
     check_parse(doc, guideline)
-    # Sorted by time, ties in file order: the stable sort of the events parsed one by one.
+    # Sorted by time; events at one time (an order set) in the canonical order, whatever the
+    # file's: facts, then treatments by the guideline's order-set sequence, then the close.
     one_by_one = [
         iechs.parse_event(ev, guideline, f"$.events[{i}]") for i, ev in enumerate(doc["events"])
     ]
-    assert list(timeline.events) == sorted(one_by_one, key=lambda ev: ev.at)
+    assert sorted(timeline.positions) == list(range(len(one_by_one)))
+    assert list(timeline.events) == [one_by_one[i] for i in timeline.positions]
+    assert guideline.order_sets is not None
+    sequence = guideline.order_sets.sequence
+
+    def rank(ev: Any) -> tuple[Any, ...]:
+        kind = FACTS.index(ev.kind) if ev.kind in FACTS else len(FACTS)
+        if ev.kind == "close":
+            return (ev.at, kind + 1, 0)
+        if ev.kind != "treatment":
+            return (ev.at, kind, 0)
+        cls = guideline.drug_class_of(ev.drug)
+        return (ev.at, kind, sequence.index(cls) if cls in sequence else len(sequence))
+
+    ranks = [rank(ev) for ev in timeline.events]
+    assert ranks == sorted(ranks)
+    # The file's order does not count: the reversed file gives the same timeline.
+    backwards = iechs.parse_timeline({**doc, "events": doc["events"][::-1]}, guideline)
+    assert backwards.events == timeline.events

@@ -113,9 +113,19 @@ def _engine(guideline: str | None) -> Engine:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .errors import GuidelineError
+    from .loader import SourceMap, _read_layers, default_guideline_path
+    from .quotes import check_quotes
     from .report import print_unverified, print_validation
 
     engine = _engine(args.guideline)  # loading checks; compiling runs the chart's validations
+    # Quotes: each is found in a cited source's text, kept relative to the guideline's folder.
+    path = Path(args.guideline) if args.guideline else default_guideline_path()
+    if problems := check_quotes(engine.guideline, path.parent):
+        # The YAML line of each place, in the file that sets it (a profile, or its base).
+        file = engine.guideline.file
+        layers = _read_layers(path.read_text(encoding="utf-8"), file, path.parent)[1]
+        raise GuidelineError([SourceMap(tuple(layers)).problem(p) for p in problems], file)
     print_validation(engine.guideline)
     if args.unverified:
         print_unverified(engine.guideline)
@@ -171,7 +181,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.format == "json":
         _dump({**report.to_json(), "seconds": round(seconds, 3)})
     else:
-        from .report import print_verification
+        from .verify_report import print_verification
 
         print_verification(guideline, report, seconds)
     return EXIT_OK if report.ok else EXIT_PROBLEM

@@ -263,8 +263,71 @@ def _read_layers(
     base_data, base_layers, base_sha = _read_layers(
         _read_text(base_path, shown), shown, base_path.parent, depth + 1
     )
+    _refuse_weakening(data, lines, file, base_data, base_path.parent)
     combined = hashlib.sha256(f"{sha}\n{base_sha}".encode()).hexdigest()
     return _merge(base_data, data), [(file, lines), *base_layers], combined
+
+
+def _refuse_weakening(
+    data: Mapping[str, Any], lines: LineMap, file: str, base: Any, base_dir: Path
+) -> None:
+    """A profile may add properties, never remove or change one, nor change the contract its
+    base names: the safety contract is the verifier's (DESIGN.md). Refused with the place."""
+    from .contract import DEFAULT_CONTRACT, load_contract  # noqa: PLC0415 - profiles only
+
+    problems: list[Problem] = []
+
+    def refuse(message: str, path: str) -> None:
+        problems.append(Problem(message, path, lines.line(path)))
+
+    base = base if isinstance(base, Mapping) else {}
+    base_meta = base.get("guideline")
+    ref = base_meta.get("contract") if isinstance(base_meta, Mapping) else None
+    ref = ref if isinstance(ref, str) else DEFAULT_CONTRACT
+    meta = data.get("guideline")
+    if isinstance(meta, Mapping) and "contract" in meta and meta["contract"] != ref:
+        refuse(
+            f"a profile cannot change the contract: its base satisfies {ref!r} "
+            f"(this profile says {meta['contract']!r})",
+            "$.guideline.contract",
+        )
+    if "properties" in data:
+        props = data["properties"]
+        base_props = base.get("properties")
+        base_props = base_props if isinstance(base_props, Mapping) else {}
+        if props is None:
+            refuse(
+                "properties: null would remove every property of the base: a profile may add "
+                "properties, never remove one",
+                "$.properties",
+            )
+        elif isinstance(props, Mapping):
+            try:
+                contract_ids = set(load_contract(ref, base_dir).properties)
+            except GuidelineError:
+                contract_ids = set()  # reported when the base itself is checked
+            for pid, value in props.items():
+                path = f"$.properties.{pid}"
+                if pid in contract_ids:
+                    refuse(
+                        f"property {pid!r} is a property of contract {ref!r}: its meaning is "
+                        "fixed by the contract; a profile cannot define, narrow or remove it",
+                        path,
+                    )
+                elif value is None:
+                    refuse(
+                        f"property {pid!r} is set to null: a profile may add properties, never "
+                        "remove one of its base",
+                        path,
+                    )
+                elif pid in base_props:
+                    refuse(
+                        f"property {pid!r} of the base is redefined: a profile may add "
+                        "properties, never change (narrow) one of its base",
+                        path,
+                    )
+    if problems:
+        raise GuidelineError(problems, file)
 
 
 def parse_guideline(

@@ -8,8 +8,9 @@ Matching is verbatim after collapsing each run of whitespace to one space, on bo
 nothing else: no case folding and no folding of look-alike characters (the news seed writes
 `IEC‑HS` with U+2011 non-breaking hyphens, and a quote from it must do the same).
 
-The two seed texts are also looked for in the steering repository's `shared/clinical/seeds/`
-(beside the checkout) when the copy under `guideline/sources/` is missing.
+The two seed sources (`SEED_FILES`) are also looked for in `shared/clinical/seeds/` beside the
+checkout when their copy under `guideline/sources/` is missing (or not named by `text:`).
+Texts are read once per call of `check_quotes`.
 """
 
 from __future__ import annotations
