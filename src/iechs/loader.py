@@ -41,8 +41,14 @@ _RENAMES: dict[type, dict[str, str]] = {
     m.IndicationRule: {"classes": "class", "states": "in"},
     m.ActionDef: {"states": "in"},
 }
+#: Renames for error paths. An attribute that is also a key elsewhere in the document (e.g.
+#: `states`, a top-level section and a rule's `in`) is left as it is: paths carry no class.
+_DOCUMENT_KEYS = {f.name for f in attrs.fields(m.Guideline)}
 _PATH_RENAMES = {
-    f".{attr}": f".{key}" for renames in _RENAMES.values() for attr, key in renames.items()
+    f".{attr}": f".{key}"
+    for renames in _RENAMES.values()
+    for attr, key in renames.items()
+    if attr not in _DOCUMENT_KEYS
 }
 
 
