@@ -229,6 +229,7 @@ class Facts:
         classes: tuple[str, ...] = (),
         drugs: tuple[str, ...] = (),
         indications: tuple[str, ...] = (),
+        formulary: bool | None = None,
         both_ways: bool = False,
     ) -> list[Dose]:
         """Doses matching the filters within `hours` before now (the current order set
@@ -241,6 +242,8 @@ class Facts:
             if (classes or drugs) and not (d.drug_class in classes or d.drug in drugs):
                 continue
             if indications and d.indication not in indications:
+                continue
+            if formulary is not None and (d.drug_class is not None) != formulary:
                 continue
             gap = (self.now - d.at).total_seconds() / 3600
             if -hours <= gap <= hours if both_ways else 0 <= gap <= hours:
@@ -552,7 +555,9 @@ def _response(ev: Evaluation, n: _Node) -> Verdict:
 def _therapy(ev: Evaluation, n: _Node) -> Verdict:
     t: m.TherapyTest = n.spec
     (hours,) = n.args
-    found = ev.facts.doses_within(hours, classes=t.classes, drugs=t.drugs, indications=t.indication)
+    found = ev.facts.doses_within(
+        hours, classes=t.classes, drugs=t.drugs, indications=t.indication, formulary=t.formulary
+    )
     what = ", ".join((*t.classes, *t.drugs))
     if not found:
         return Verdict(n.name, Tri.FALSE, f"no {what} within {hours:g} h")

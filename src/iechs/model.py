@@ -43,13 +43,13 @@ __all__ = [
     "OrderOfLines",
     "OrderSets",
     "Parameter",
+    "ProductMatch",
     "Profile",
     "Ratio",
     "Recommendation",
     "ResponseTest",
-    "RiskTest",
-    "ProductMatch",
     "RiskFactor",
+    "RiskTest",
     "Rule",
     "SafetyProperty",
     "Source",
@@ -260,6 +260,9 @@ class TherapyTest:
     drugs: tuple[str, ...] = ()
     hours: Number | None = None
     indication: tuple[str, ...] = ()
+    #: only drugs in the formulary (true) or outside it (false, e.g. an antimicrobial the
+    #: guideline does not name, given for infection).
+    formulary: bool | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -4,7 +4,12 @@ counterexample, replayed through the real engine as a concrete timeline.
 The model of the engine. Each step, an event arrives with whatever data the patient then has:
 at every step the data are free (`verify_domains` gives the representative moments, jointly for
 the guideline's criteria and the contract's facts, with every unknown point the engine meets).
-Guards are three-valued (Kleene) and the engine's choice is modelled exactly:
+One moment is modelled exactly; what ties moments together (a trend's earlier value is the
+last step's, a CRS peak never falls, the baseline and risk factors are fixed, time on a line
+grows) is not, which over-approximates the engine: sound for the safety properties (no
+violation is missed), while each counterexample is checked on a concrete run (replay) and each
+existence property's witnesses are run through the engine (`Outcome.witnessed`).
+Guards are three-valued (Kleene) and the engine's choice is modelled as it makes it:
 
 - on new data (`reassess`) and on `close`, the first transition whose guard is TRUE fires;
 - on a treatment event (the machine event of a drug class), the first TRUE one fires, else the
@@ -252,7 +257,9 @@ class Model:
     def __init__(self, g: m.Guideline, c: Contract) -> None:
         self.g, self.c = g, c
         self.min_hours = _finite_param(g, "min_hours_before_escalation")
-        self.solver = Solver(g, self.min_hours, c.antimicrobial_classes())
+        self.solver = Solver(
+            g, self.min_hours, c.antimicrobial_classes(), c.immunosuppressive_classes(g)
+        )
         self.k = self.solver.kleene
         self.data_event, self.close_event = c.events.data, c.events.close
         self.treatment_events = {dc.event for dc in g.drug_classes.values() if dc.event}
@@ -470,6 +477,10 @@ def _fact(name: str) -> Formula:
 
 
 def check_infection_gate(ch: Checker) -> Counterexample | None:
+    """infection_gate: no transition into a treatment state fires (on a TRUE guard, unconfirmed
+    on an UNKNOWN one, or on the way through) while the latest infection status recorded is
+    suspected or confirmed and no antimicrobial has been recorded (an assessment saying
+    antimicrobials started, an antimicrobial-class dose, or a dose given for infection)."""
     mo = ch.model
     bad = conj(_fact("infection_active"), neg(_fact("antimicrobials_on")))
     n_edges = 0
@@ -496,6 +507,9 @@ def check_infection_gate(ch: Checker) -> Counterexample | None:
 
 
 def check_escalation(ch: Checker) -> Counterexample | None:
+    """escalation_after_min_time: a transition from a treatment state into a line that needs an
+    earlier one (`Guideline.line_after`) fires only after `min_hours_before_escalation` hours
+    on the current line, or when the latest response recorded on the line is "worsening"."""
     mo = ch.model
     if mo.min_hours is None:
         return ch.fail("parameter min_hours_before_escalation is missing or not finite")
@@ -524,6 +538,9 @@ def check_escalation(ch: Checker) -> Counterexample | None:
 
 
 def check_line_order(ch: Checker) -> Counterexample | None:
+    """line_order: a line is entered only after one of its `after` lines (since the episode last
+    entered a surveillance or diagnosis state), and a never-first line of the contract only
+    after some line."""
     mo = ch.model
     for node in mo.nodes:  # the history matters: every node
         entered = node[1][0]
@@ -550,6 +567,9 @@ def check_line_order(ch: Checker) -> Counterexample | None:
 
 
 def check_never_a_line(ch: Checker) -> Counterexample | None:
+    """never_a_line: a never-a-line class (IL-6 blockade) sends no machine event, and no drug of
+    it (the contract's pinned ones included, however the guideline classes them) can move the
+    state: the counterexample gives the drug where its event's transition fires."""
     g, c, mo = ch.g, ch.c, ch.model
     never = set(c.never_a_line_classes())
     # the drugs that are IL-6 blockade to the contract (pinned) or to the guideline
@@ -583,6 +603,11 @@ def check_never_a_line(ch: Checker) -> Counterexample | None:
 
 
 def check_only_with_companion(ch: Checker) -> Counterexample | None:
+    """only_with_companion: a recommendation (or an action, through the recommendation it
+    carries) whose drug is of a never-a-line class with a companion (IL-6 blockade: a
+    corticosteroid) must name a drug of the companion class in the same recommendation's
+    `with` list. A recommendation carries one drug; until `Recommendation` has a `with` field,
+    no recommendation may carry such a drug at all."""
     g, c = ch.g, ch.c
     for cls, pc in c.drug_classes.items():
         if pc.companion is None:
@@ -628,6 +653,9 @@ def _numbers(value: Any, path: str) -> Iterator[tuple[str, float]]:
 
 
 def check_parameters(ch: Checker) -> Counterexample | None:
+    """parameters_in_range: every number of the guideline is finite; each contract parameter is
+    present (unless optional) and within its bounds; criteria windows (lab validity, trend
+    window and band, therapy hours, finding validity) within the contract's window bounds."""
     g, c = ch.g, ch.c
     problems: list[str] = []
     for path, x in _numbers(g, "$"):
@@ -692,6 +720,8 @@ def check_parameters(ch: Checker) -> Counterexample | None:
 
 
 def check_pins(ch: Checker) -> Counterexample | None:
+    """drug_classes_pinned: each drug the contract pins is in the guideline with that class; each
+    class the contract names has its immunosuppressive flag and machine event."""
     g, c = ch.g, ch.c
     for drug, cls in c.drugs.items():
         d = g.drugs.get(drug)
@@ -716,6 +746,8 @@ def check_pins(ch: Checker) -> Counterexample | None:
 
 
 def check_severities(ch: Checker) -> Counterexample | None:
+    """alert_severities_pinned: a rule raising one of the contract's alert codes gives it one of
+    the contract's severities for that code."""
     for rid, rule in ch.g.rules.items():
         allowed = ch.c.alerts.get(rule.alert)
         if allowed is not None and rule.severity not in allowed:
@@ -743,6 +775,10 @@ def _offered(ch: Checker, cls: str) -> Formula:
 
 
 def check_first_line(ch: Checker) -> Counterexample | None:
+    """first_line_offered: for each declared first line (a treatment state with no `after`
+    line, not never-first) a treatment transition from `suspected` fires on a TRUE guard with
+    every criterion it reads known (fresh data), no untreated infection, and an action in
+    force in `suspected` that offers the line's drug class."""
     g, c, mo = ch.g, ch.c, ch.model
     suspected = c.roles.suspected
     firsts = c.first_lines(g)
@@ -794,6 +830,8 @@ def _data_edges_to(ch: Checker, source: str, target: str) -> list[Edge]:
 
 
 def check_ruled_out(ch: Checker) -> Counterexample | None:
+    """ruled_out_returns: some data transition from `suspected` to `surveillance` fires on a
+    TRUE guard in a reachable situation."""
     mo, r = ch.model, ch.c.roles
     if r.suspected not in mo.first:
         return ch.fail(f"{r.suspected!r} is unreachable")
@@ -809,6 +847,9 @@ def check_ruled_out(ch: Checker) -> Counterexample | None:
 
 
 def check_response(ch: Checker) -> Counterexample | None:
+    """response_reaches_resolved: from every reachable treatment state, data transitions (TRUE
+    guards) lead to `resolved`, the last one with a response recorded as improving or
+    resolved; `close` does not count."""
     mo, c, g = ch.model, ch.c, ch.g
     resolved = c.roles.resolved
     # states from which data edges (TRUE guards) reach resolved, the last one with a response;
@@ -849,6 +890,8 @@ def check_response(ch: Checker) -> Counterexample | None:
 
 
 def check_recurrence(ch: Checker) -> Counterexample | None:
+    """recurrence_reaches_suspected: a data transition from `resolved` to `suspected` fires on a
+    TRUE guard, and no transition from `resolved` enters a treatment state directly."""
     mo, r = ch.model, ch.c.roles
     if r.resolved not in mo.first:
         return ch.fail(f"{r.resolved!r} is unreachable")
@@ -876,6 +919,8 @@ def check_recurrence(ch: Checker) -> Counterexample | None:
 
 
 def check_close(ch: Checker) -> Counterexample | None:
+    """close_reaches_closed: in every reachable non-final state and every situation, `close`
+    fires a transition, and every close transition leads to `closed`."""
     mo, c = ch.model, ch.c
     closed = c.roles.closed
     for node in ch.first_nodes():
@@ -904,6 +949,8 @@ def check_close(ch: Checker) -> Counterexample | None:
 
 
 def check_dead(ch: Checker) -> Counterexample | None:
+    """no_dead_transitions: every transition fires on a TRUE guard (no earlier transition on its
+    event TRUE) in some situation of a reachable state: reported, never skipped."""
     mo, g = ch.model, ch.g
     dead: list[str] = []
     where: list[Step] = []
@@ -929,6 +976,7 @@ def check_dead(ch: Checker) -> Counterexample | None:
 
 
 def check_traps(ch: Checker) -> Counterexample | None:
+    """no_trap_states: every state is reachable and every non-final one can be left."""
     mo, g = ch.model, ch.g
     reach = mo.reachable()
     missing = [s for s in g.states if s not in reach]
@@ -946,6 +994,10 @@ def check_traps(ch: Checker) -> Counterexample | None:
 
 
 def check_determinism(ch: Checker) -> Counterexample | None:
+    """determinism: no situation (each trend's band and window respected) lets two transitions
+    on one event from one state to different targets both fire where only their order decides:
+    both guards TRUE, or, for a treatment, both UNKNOWN with none TRUE. Overlapping guards to
+    the same target, or an earlier TRUE guard shadowing a later UNKNOWN one, are not conflicts."""
     mo = ch.model
     for node in ch.first_nodes():
         s = node[0]
@@ -982,6 +1034,8 @@ def check_determinism(ch: Checker) -> Counterexample | None:
 
 
 def check_citations(ch: Checker) -> Counterexample | None:
+    """citations: every recommendation, transition, rule, indication rule, action and the order
+    sets cite at least one source."""
     g = ch.g
     kinds = (
         ".recommendations[",
