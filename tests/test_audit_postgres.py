@@ -220,11 +220,11 @@ def edited(record: AuditRecord) -> AuditRecord:
 
 
 def one_byte(url: str) -> None:
-    """Overwrite one character (the first of a criterion's detail) of record 23."""
+    """Overwrite one character (the first of the observation's code) of record 23."""
     sql(
         url,
         "UPDATE iechs_records SET body = overlay(body placing 'X' "
-        'from strpos(body, \'"detail":"\') + 10 for 1) WHERE seq = 23',
+        'from strpos(body, \'"code":"\') + 8 for 1) WHERE seq = 23',
     )
 
 

@@ -53,11 +53,16 @@ def test_run_json_structure(capsys: pytest.CaptureFixture[str]) -> None:
         ("corticosteroids-first-line", ["seed-summary", "seed-news-2026"]),
         ("dexamethasone-high-dose", ["hines-2023"]),
     ]
-    # Only the day-8 reassessment lacks data. The ferritin of 2026-03-16T08:00Z is one order set
-    # with the response charted at the same time: decided together, nothing is missing.
+    # Data are missing on day 8 (no labs) and day 12 (the CRS grade of day 8 is stale; LDH
+    # has no earlier value for a trend, AST none at all). The ferritin of 2026-03-16T08:00Z
+    # is one order set with the response charted at the same time: decided together, nothing
+    # is missing.
     assert [(a["code"], a["at"]) for a in doc["alerts"]] == [
-        ("missing_data", "2026-03-10T08:00:00Z")
+        ("missing_data", "2026-03-10T08:00:00Z"),
+        ("missing_data", "2026-03-14T08:00:00Z"),
     ]
+    assert "CRS grade (assessment)" in doc["alerts"][1]["measure"]
+    assert "CRS grade (assessment)" not in doc["alerts"][0]["measure"]
     ferritin_then_response = doc["steps"][14:16]
     assert [s["event"]["kind"] for s in ferritin_then_response] == ["observation", "response"]
     assert ferritin_then_response[0]["later"] == [ferritin_then_response[1]["event"]]

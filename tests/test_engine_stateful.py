@@ -1,66 +1,69 @@
 """The real engine against a clinician's model, on the bundled guideline and every profile.
 
-Hypothesis (`RuleBasedStateMachine`) writes random clinical courses: laboratory panels that meet
-or miss the IEC-HS identification criteria, findings, assessments (CRS and ICANS grade,
-infection, antimicrobials), response assessments, treatments (dexamethasone,
-methylprednisolone, anakinra, ruxolitinib, emapalumab, tocilizumab, meropenem; with and without
-an indication; alone or as an order set) and, rarely, the close. After every event the model
-says which states the patient may be in and which critical alerts a clinician expects, and the
-engine's decision must be one of them.
+Hypothesis (`RuleBasedStateMachine`, one machine per document) writes random clinical courses:
+laboratory panels that meet or miss the IEC-HS identification criteria, findings, assessments
+(CRS and ICANS grade, infection, antimicrobials), response assessments, treatments
+(dexamethasone, methylprednisolone, anakinra, ruxolitinib, emapalumab, tocilizumab, meropenem;
+for IEC-HS, for CRS, "for infection" or with no indication; alone or as an order set), time
+advancing by random hours and, only in a run's last events, the close. After every event the
+model says which states the patient may be in and which critical alerts a clinician expects;
+the engine's decision must be one of them.
 
 The model is written from the clinical sources (../shared/clinical/iec-hs-reference.md) and
-DESIGN.md, never from the guideline's criteria or transitions, and it never copies the
-engine's state: it keeps the facts itself and decides with them. Its rules:
+DESIGN.md, never from the guideline's criteria or transitions, and never copies the engine's
+state: it keeps the facts itself and decides with them. It reads only the institution's local
+numbers (ULNs, validity times, continuity, the minimum time on a line: `LOCAL_PARAMETERS`,
+each checked against the range the model holds for). Its rules:
 
-Facts. The latest value of each laboratory test counts while at most 48 h old; a trend compares
-the latest fresh value with the one before it. A finding counts for 168 h; one not charted (or
-older) counts as absent, since findings are charted when present. A CRS grade counts for 48 h. CRS "resolving or
-absent" means the latest grade is 0 or below the highest grade so far. Infection status and the
-antimicrobials flag are those of the latest assessment; an antimicrobial dose counts for 72 h
-(the therapy continuity time). Anything not known is UNKNOWN, combined with Kleene's three-valued
-logic (an "or" with one TRUE is TRUE, an "and" with one FALSE is FALSE).
+Facts. A laboratory value counts while fresh (`lab_validity_hours`); a trend compares the
+latest fresh value with the one before it. A CRS grade counts for `assessment_validity_hours`.
+A finding counts for `finding_validity_hours`; one not charted, or older, counts as absent
+(findings are charted when present). Infection status and the antimicrobials flag are those of
+the latest assessment; an antimicrobial dose counts for `therapy_continuity_hours`; a drug that
+is not an antimicrobial (a corticosteroid "for infection") never does. What is not known is
+UNKNOWN, combined with Kleene's three-valued logic.
 
-Identification (hines-2023, neelapu-2018): ferritin > 600 ng/mL (2 x ULN 300), CRS resolving or
-absent, and one of haemophagocytosis, AST or ALT > 200 U/L (5 x ULN 40), fibrinogen < 150 mg/dL;
-or CARTOX: ferritin > 10,000 ng/mL with two of grade >= 3 liver toxicity (transaminase or
-bilirubin finding), grade >= 3 renal toxicity (oliguria or creatinine finding), grade >= 3
-pulmonary oedema, haemophagocytosis. Laboratory signature (seed-news-2026): ferritin raised and
-not falling with LDH or AST rising. Infection untreated: infection suspected or confirmed and
-no antimicrobial started; a corticosteroid given "for infection" is not an antimicrobial.
+Identification (hines-2023): ferritin > 2 x ULN, CRS resolving (below its peak) or absent, and
+one of haemophagocytosis, AST or ALT > 5 x ULN, fibrinogen < 150 mg/dL; or CARTOX
+(neelapu-2018): ferritin > 10,000 ng/mL with two of grade >= 3 liver toxicity, grade >= 3 renal
+toxicity, grade >= 3 pulmonary oedema, haemophagocytosis. Laboratory signature
+(seed-news-2026): ferritin raised and not falling with LDH or AST rising. Infection untreated:
+suspected or confirmed with no antimicrobial started.
 
-New data: surveillance -> suspected when the signature (outside active CRS) or the criteria are
-TRUE; suspected -> surveillance when ferritin is falling and the criteria are FALSE; a line ->
-resolved when the latest response recorded on the line (after it started; a response charted
-at the very time a line starts belongs to the order set before it) is improving or resolved and
+New data (only TRUE moves): surveillance -> suspected on the signature outside active CRS or on
+the criteria; suspected -> surveillance when ferritin falls and the criteria are not met; a line
+-> resolved when the latest response recorded on that line is improving or resolved and
 ferritin is falling; resolved -> suspected when signature or criteria return with ferritin not
-falling. Only TRUE moves on new data.
+falling. A response counts on a line only if recorded after the line started: one charted at
+the very time belongs to the order set that started the line (DESIGN.md: facts come first).
 
-Treatments for IEC-HS (the indication given; when none is given: IEC-HS when the criteria are
-met or a line is running without active CRS/ICANS, not IEC-HS in surveillance when the criteria
-are not met, either otherwise). Bundled guideline (the seeds): corticosteroid from suspected ->
-first line when the criteria are met and no infection is untreated; anakinra from first line,
-ruxolitinib from anakinra, salvage from ruxolitinib, each only from 24 h on the line without
-response or on a recorded worsening on the line, and never with an untreated infection. ASTCT
-profile (hines-2023): anakinra first, from suspected (criteria met, no untreated infection) or
-from first-line steroids (no untreated infection); ruxolitinib or salvage after anakinra, and
-salvage after ruxolitinib, with the escalation rule. From surveillance or resolved a first-line
-drug goes through suspected (recurrence from resolved needs ferritin not falling). A guard that is
-UNKNOWN lets the treatment move the state with `treatment_unconfirmed`; FALSE never moves it. A
-running therapy given for another indication may count as the earlier line (DESIGN.md): then the
-engine may pass through that line, and the model accepts it or staying. IL-6 blockade and
-antimicrobials never move the state. `close` -> closed.
+Treatments for IEC-HS. Seeds (bundled guideline): a corticosteroid starts first line from
+suspected when the criteria are met and no infection is untreated; anakinra from first line,
+ruxolitinib from anakinra, salvage (emapalumab) from ruxolitinib, each only after the minimum
+time on the line without response, or on a worsening recorded on the line, and never with an
+untreated infection. ASTCT (hines-2023): anakinra first, from suspected (criteria met) or added
+to steroids at any time; ruxolitinib or salvage after anakinra, salvage after ruxolitinib, with
+the escalation rule; never with an untreated infection. From surveillance or resolved a starting
+drug passes through suspected (from resolved: a recurrence, ferritin not falling). A guard that
+is UNKNOWN lets the treatment move the state with `treatment_unconfirmed` (DESIGN.md); FALSE
+never moves it. A running therapy given for another indication may count as the line before
+(DESIGN.md): the model then accepts passing through that line, or staying. IL-6 blockade,
+antimicrobials and treatments for other indications never move the state; `close` -> closed.
+The indication of a dose charted without one: IEC-HS when the criteria are met, or on a line
+without active CRS/ICANS; not IEC-HS in surveillance with the criteria not met; either otherwise.
 
-Alerts: `il6_monotherapy` for IL-6 blockade for IEC-HS without a corticosteroid within 24 h
-before it or earlier in its order set; `immunosuppression_before_antimicrobials` for any
-immunosuppressant for IEC-HS while infection is untreated; each once per therapy (doses of one
-class within 72 h).
+Alerts, each once per therapy (doses of one class within the continuity time):
+- `il6_monotherapy`: IL-6 blockade for IEC-HS with no corticosteroid within the concurrency
+  window before it or earlier in its order set;
+- `immunosuppression_before_antimicrobials`: an immunosuppressant for IEC-HS while infection
+  is untreated.
 
-Don't care: a reading exactly at a time limit (48 h, 168 h, 72 h, 24 h) may count either way; an
-indication the model cannot infer may be either; whatever the model cannot decide it accepts
-from the engine, but only among the outcomes it allows.
+Don't care: a reading exactly at a time limit counts either way (every combination is tried);
+an indication the model cannot infer may be either; where the model allows several outcomes it
+takes the engine's, and only then.
 
-The share of runs that reach each line is printed at the end of the module and asserted over a
-fixed-seed batch of the same model driven by `random` (`test_lines_are_reached`).
+The share of runs that reach each line is printed at the end of the module (Hypothesis runs and
+a fixed-seed batch of the same model and checks driven by `random`) and asserted on the batch.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ CLASS = {
 IMMUNOSUPPRESSIVE = {"corticosteroid", "il1", "jak", "salvage", "il6"}
 IL6_ALERT = "il6_monotherapy"
 INFECTION_ALERT = "immunosuppression_before_antimicrobials"
+ICANS_ALERT = "tocilizumab_with_icans"
 UNCONFIRMED = "treatment_unconfirmed"
 
 # --- clinical numbers (sources in the module docstring) ------------------------------------------
@@ -135,6 +139,8 @@ LOCAL_PARAMETERS = {
     "therapy_continuity_hours": (24, 168),
     "min_hours_before_escalation": (24, 48),
     "concurrent_steroid_window_hours": (6, 48),
+    # not read: the drawn values differ by at least half, so any band below 50 % agrees
+    "trend_min_change_pct": (0, 50),
 }
 
 
@@ -153,7 +159,7 @@ class Institution:
 
     @classmethod
     def of(cls, g: Guideline) -> Institution:
-        problems = protocol_problems(g)
+        problems = institution_problems(g)
         assert not problems, problems
         p = {name: float(g.parameters[name].value) for name in LOCAL_PARAMETERS}
         assert p["ast_uln"] == p["alt_uln"], "the model reads one transaminase ULN"
@@ -169,7 +175,7 @@ class Institution:
         )
 
 
-def protocol_problems(g: Guideline) -> list[str]:
+def institution_problems(g: Guideline) -> list[str]:
     out = []
     for name, (low, high) in LOCAL_PARAMETERS.items():
         p = g.parameters.get(name)
@@ -216,7 +222,7 @@ ORDERS = {
 DTS = (0, 0, 1, 2, 3, 4, 6, 8, 12, 12, 18, 24, 30)
 FERRITIN = (250, 1500, 4000, 15000, 50000)
 AST = (30, 90, 350, 900)
-ALT = (25, 80, 300)
+ALT = (25, 80, 350)
 FIBRINOGEN = (350, 220, 120, 80)
 LDH = (200, 450, 900, 1800)
 FINDINGS = (
@@ -319,16 +325,16 @@ class Reading:
 class Clinician:
     """The reference model: the facts, and what a clinician decides from them."""
 
-    def __init__(self, order: LineOrder, protocol: Institution) -> None:
+    def __init__(self, order: LineOrder, institution: Institution) -> None:
         self.order = order
-        self.p = protocol
+        self.p = institution
         self.state = SURV
         self.line_start = T0
         self.now = T0
         self.labs: dict[str, list[tuple[datetime, float]]] = {}
         self.findings: dict[str, tuple[datetime, bool, int | None]] = {}
         self.crs: list[tuple[datetime, int]] = []
-        self.icans: int | None = None
+        self.icans: list[tuple[datetime, int]] = []
         self.infection: str | None = None
         self.antimicrobials_assessed = False
         self.antimicrobial_doses: list[datetime] = []
@@ -400,6 +406,11 @@ class Clinician:
         if min_grade is None:
             return True
         return None if grade is None else grade >= min_grade
+
+    def icans_present(self) -> Tri:
+        if not self.icans or not self.within("assessment", self.icans[-1][0], self.p.assessment_h):
+            return None
+        return self.icans[-1][1] >= 1
 
     def crs_resolving_or_absent(self) -> Tri:
         if not self.crs or not self.within("assessment", self.crs[-1][0], self.p.assessment_h):
@@ -530,16 +541,14 @@ class Clinician:
         if cls == "antimicrobial":
             return {"infection"}
         criteria = self.criteria()
-        calm = (not self.crs or self.crs[-1][1] == 0) and not self.icans
+        calm = all(not grades or grades[-1][1] == 0 for grades in (self.crs, self.icans))
         if criteria is True or (self.state in LINES and calm):
             return {"iec_hs"}
         if self.state == SURV and criteria is False:
             return {"not"}
         return {"iec_hs", "not"}
 
-    def treatment_readings(
-        self, drug: str, given: str | None, set_before: Sequence[str]
-    ) -> Reading:
+    def treatment_readings(self, drug: str, given: str | None) -> Reading:
         """One reading (under the current interpretation flags) of a dose of `drug`."""
         cls = CLASS[drug]
         running = self.therapies.get(cls)
@@ -565,14 +574,23 @@ class Clinician:
             outcomes.add(Outcome(self.state))
         raised = running.raised if continuing and running is not None else set()
         uncertain = continuing and running is not None and running.uncertain
+        # a steroid charted earlier in this order set is on record at age 0
         steroid_near = any(
             self.within("steroid_window", t, self.p.steroid_window_h) for t in self.steroid_doses
-        ) or any(CLASS[d] == "corticosteroid" for d in set_before)
+        )
         il6 = {cls == "il6" and f and not steroid_near for f in for_iec_hs}
         untreated = self.infection_untreated() is True
         infection = {cls in IMMUNOSUPPRESSIVE and f and untreated for f in for_iec_hs}
+        icans = self.icans_present()  # not assessed lately: either
+        caution = {icans} if icans is not None else {True, False}
+        if drug != "tocilizumab":
+            caution = {False}
         alerts: list[tuple[str, bool | None]] = []
-        for code, values in ((IL6_ALERT, il6), (INFECTION_ALERT, infection)):
+        for code, values in (
+            (IL6_ALERT, il6),
+            (INFECTION_ALERT, infection),
+            (ICANS_ALERT, caution),
+        ):
             if uncertain or len(values) > 1:
                 alerts.append((code, None))
             else:
@@ -605,13 +623,15 @@ class Clinician:
                 running.indication = indication
             running.raised |= codes
         else:
+            uncertain = len(continuing) > 1
             self.therapies[cls] = Therapy(
                 indication,
                 given is not None,
-                self.now,
+                # uncertain: the earlier start, the more permissive reading of a counted line
+                running.started if uncertain and running is not None else self.now,
                 self.now,
                 set(codes),
-                uncertain=len(continuing) > 1,
+                uncertain=uncertain,
             )
         if cls == "corticosteroid":
             self.steroid_doses.append(self.now)
@@ -633,7 +653,7 @@ class Bedside:
     def __init__(self, key: str) -> None:
         if key not in self.engines:
             g = load_guideline(GUIDELINE_FILES[key])
-            problems = protocol_problems(g)
+            problems = institution_problems(g)
             assert not problems, f"{key}: {problems}"
             assert key in ORDERS, f"{key}: the model does not know this document's line order"
             self.engines[key] = Engine(g)
@@ -678,7 +698,10 @@ class Bedside:
         return matching
 
     def _new_data(self, docs: Sequence[dict[str, Any]]) -> None:
-        *_, d = self._send(docs)
+        """Facts of one order set are decided together, at the last of them."""
+        *recorded, d = self._send(docs)
+        for r in recorded:
+            assert r.target == r.source == self.model.state, (self.key, self.trail[-1], r)
         targets = set(self.model.possible(self.model.after_new_data))
         self._check(d, {Outcome(t) for t in targets})
         self.model.enter(d)
@@ -711,7 +734,8 @@ class Bedside:
         self._advance(dt)
         m = self.model
         m.crs.append((m.now, crs))
-        m.icans, m.infection, m.antimicrobials_assessed = icans, infection, antimicrobials
+        m.icans.append((m.now, icans))
+        m.infection, m.antimicrobials_assessed = infection, antimicrobials
         doc = {
             "kind": "assessment",
             "crs_grade": crs,
@@ -742,8 +766,7 @@ class Bedside:
         m = self.model
         for i, (drug, given) in enumerate(ordered):
             self.trail.append(f"+{m.now - T0} {docs[i]}")
-            before = [x for x, _ in ordered[:i]]
-            readings = m.possible(lambda: m.treatment_readings(drug, given, before))  # noqa: B023
+            readings = m.possible(lambda: m.treatment_readings(drug, given))  # noqa: B023
             d = self.episode.step(events[i], later=tuple(events[i + 1 :]))
             allowed: set[Outcome] = set()
             for r in readings:
@@ -759,7 +782,7 @@ class Bedside:
             unconfirmed = {o.unconfirmed for o in matching}
             if unconfirmed in ({True}, {False}):
                 assert (UNCONFIRMED in codes) == unconfirmed.pop(), (where, codes)
-            for code in (IL6_ALERT, INFECTION_ALERT):
+            for code in (IL6_ALERT, INFECTION_ALERT, ICANS_ALERT):
                 expected = {dict(r.alerts)[code] for r in readings}
                 if expected in ({True}, {False}):
                     assert (code in codes) == expected.pop(), (where, code, codes)
@@ -850,7 +873,8 @@ def tally(counter: Counter[str], visited: set[str]) -> None:
 def shares(counter: Counter[str]) -> str:
     runs = counter["runs"] or 1
     reached = ", ".join(f"{s} {100 * counter[s] / runs:.0f}%" for s in LINES)
-    return f"{counter['runs']} runs; reached {reached}"
+    furthest = ", ".join(f"{s} {100 * counter[f'max:{s}'] / runs:.0f}%" for s in ("none", *LINES))
+    return f"{counter['runs']} runs; reached {reached}; furthest line: {furthest}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -970,7 +994,8 @@ class EngineVsClinician(RuleBasedStateMachine):
         self.bed.refuse_after_close(dt)
 
     @invariant()
-    def same_state(self) -> None:
+    def episode_is_in_the_decided_state(self) -> None:
+        """`Episode.state` is where the last decision (checked against the model) went."""
         assert self.bed.episode.state == self.bed.model.state
 
     def teardown(self) -> None:
@@ -1004,14 +1029,21 @@ for _key, _machine in MACHINES.items():
 def test_model_knows_every_document(key: str) -> None:
     """Every profile has a line order in the model, and the local parameters it assumes."""
     assert key in ORDERS, f"teach the model the line order of {key}"
-    assert protocol_problems(load_guideline(GUIDELINE_FILES[key])) == []
+    assert institution_problems(load_guideline(GUIDELINE_FILES[key])) == []
 
 
-#: runs per document in the seeded batch, its seed, and the least share of runs that reach each
-#: line (bundled guideline; measured shares in the module report and in `MEASURED`).
-BATCH_RUNS = 120
+#: the seeded batch: runs per document (of `BATCH_STEPS` events each) and seed.
+BATCH_RUNS = 100
 BATCH_SEED = 20260101
-MIN_SHARE = {L1: 0.30, L2: 0.20, L3: 0.10, SALV: 0.05}
+#: the least share of batch runs that reach each line. Measured on this batch (engine of
+#: 2026-11-27, a response charted with a line's start read either way): bundled guideline
+#: 91 / 57-58 / 31-33 / 10-11 %, ASTCT profile 78 / 83-84 / 27-28 / 45 % (first line, anakinra,
+#: ruxolitinib, salvage); the Hypothesis runs (shorter, shrinking included) reach about
+#: 30-70 / 20-50 / 20-40 / 10-30 %.
+MIN_SHARE = {
+    "iec-hs": {L1: 0.60, L2: 0.35, L3: 0.15, SALV: 0.05},
+    "astct-2023": {L1: 0.40, L2: 0.50, L3: 0.15, SALV: 0.20},
+}
 
 
 @dataclass
@@ -1059,12 +1091,12 @@ def test_seeded_batch_agrees_with_the_clinician(key: str) -> None:
 def test_lines_are_reached(key: str) -> None:
     """Most runs reach the treatment lines, so the checks are exercised where it matters."""
     counter = seeded_batch(key).counter
-    least = MIN_SHARE if key == "iec-hs" else dict.fromkeys(LINES, 0.01)
+    least = MIN_SHARE.get(key, dict.fromkeys(LINES, 0.01))
     for line, share in least.items():
         assert counter[line] / BATCH_RUNS >= share, (line, shares(counter))
 
 
-# --- the disagreements found, as short courses (each fails while the engine disagrees) ------------
+# --- disagreements the model found, as short courses (kept as regression tests) -------------------
 
 
 def course(key: str, docs: Sequence[tuple[int, dict[str, Any]]]) -> list[Decision]:

@@ -55,11 +55,13 @@ def test_reference_r_statements_stay_unverified(guideline: Guideline) -> None:
     # [R] in the clinical reference: hines-2023 identification and doses are not checked yet.
     assert not guideline.criteria["hines_identification"].verified
     anakinra = guideline.recommendation("anakinra-adult")
+    assert anakinra is not None
     assert anakinra.dose is not None
     assert (anakinra.dose.min, anakinra.dose.max) == (100, 200)
     assert anakinra.cite == ("hines-2023",)
     assert not anakinra.verified
     dexamethasone = guideline.recommendation("dexamethasone-high-dose")
+    assert dexamethasone is not None
     assert dexamethasone.dose is not None
     assert (dexamethasone.dose.min, dexamethasone.dose.max) == (10, 20)
     assert dexamethasone.cite == ("hines-2023",)
@@ -68,6 +70,7 @@ def test_reference_r_statements_stay_unverified(guideline: Guideline) -> None:
     assert guideline.criteria["cartox_hlh"].verified
     for rid in ("corticosteroids-first-line", "anakinra-added"):
         rec = guideline.recommendation(rid)
+        assert rec is not None, rid
         assert rec.verified, rid
         assert rec.dose is None, rid
         assert "hines-2023" not in rec.cite, rid

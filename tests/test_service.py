@@ -171,7 +171,9 @@ def test_patient_view_shows_state_recommendations_and_citations(
     assert create["resource"]["medicationCodeableConcept"] == {"text": "dexamethasone"}
     assert create["resource"]["subject"] == {"reference": "Patient/svc-no-steroid"}
     assert card["indicator"] == "info"
-    assert card["summary"] == "IEC-HS episode: IEC-HS suspected (since 2026-05-17 08:00 UTC)"
+    # Suspected from the 09:30 assessment: the CRS grade of 2026-05-09 was stale at 08:00
+    # (older than assessment_validity_hours), so the labs alone could not tell it from CRS.
+    assert card["summary"] == "IEC-HS episode: IEC-HS suspected (since 2026-05-17 09:30 UTC)"
     assert "IEC-HS criteria (`iec_hs_identified`): **met**" in card["detail"]
     assert "Recommendations in force" in card["detail"]
     assert "*(not yet verified)*" in card["detail"]
