@@ -295,16 +295,6 @@ class Contract:
         return tuple(s for s in self.treatment_states(g) if g.line_after(s))
 
 
-def _number(value: Any, _: Any) -> float | str:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number or a $parameter, got {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and value.startswith("$"):
-        return value
-    raise ValueError(f"expected a number or a $parameter, got {value!r}")
-
-
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
@@ -320,8 +310,10 @@ def _make_converter() -> cattrs.Converter:
 
     conv.register_structure_hook(str, strict(str, "text"))
     conv.register_structure_hook(bool, strict(bool, "true or false"))
-    conv.register_structure_hook(Number, _number)
-    conv.register_structure_hook(Number | None, lambda v, t: None if v is None else _number(v, t))
+    conv.register_structure_hook(Number, m.structure_number)
+    conv.register_structure_hook(
+        Number | None, lambda v, t: None if v is None else m.structure_number(v, t)
+    )
     for cls in (
         Contract,
         ContractMeta,

@@ -535,7 +535,9 @@ def _response(ev: Evaluation, n: _Node) -> Verdict:
     r: m.ResponseTest = n.spec
     since = ev.line_start
     responses = ev.facts.responses
-    if not responses or responses[-1][0] < since:
+    # A response charted at the time the line started belongs to the order set that started
+    # it, whose facts come before its treatments: it is not a response on this line.
+    if not responses or responses[-1][0] <= since:
         if r.unrecorded == "false":
             return Verdict(n.name, Tri.FALSE, "no response assessment since the line started")
         return _missing(

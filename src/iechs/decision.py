@@ -110,14 +110,7 @@ class Action:
             "cite": list(self.cite),
             "verified": self.verified,
         }
-        if self.drug is not None:
-            out["drug"] = self.drug
-        if self.dose is not None:
-            out["dose"] = {"min": self.dose.min, "max": self.dose.max, "unit": self.dose.unit}
-        if self.route:
-            out["route"] = list(self.route)
-        if self.frequency is not None:
-            out["frequency"] = self.frequency
+        _drug_to_json(out, self.drug, self.dose, self.route, self.frequency)
         if self.due_by is not None:
             out["due_by"] = format_time(self.due_by)
         if self.measure:
@@ -154,15 +147,26 @@ def recommendation_to_json(r: Recommendation) -> dict[str, Any]:
         "cite": list(r.cite),
         "verified": r.verified,
     }
-    if r.drug is not None:
-        out["drug"] = r.drug
-    if r.dose is not None:
-        out["dose"] = {"min": r.dose.min, "max": r.dose.max, "unit": r.dose.unit}
-    if r.route:
-        out["route"] = list(r.route)
-    if r.frequency is not None:
-        out["frequency"] = r.frequency
+    _drug_to_json(out, r.drug, r.dose, r.route, r.frequency)
     return out
+
+
+def _drug_to_json(
+    out: dict[str, Any],
+    drug: str | None,
+    dose: Dose | None,
+    route: tuple[str, ...],
+    frequency: str | None,
+) -> None:
+    """The drug fields of a recommendation or an action, those that are set."""
+    if drug is not None:
+        out["drug"] = drug
+    if dose is not None:
+        out["dose"] = {"min": dose.min, "max": dose.max, "unit": dose.unit}
+    if route:
+        out["route"] = list(route)
+    if frequency is not None:
+        out["frequency"] = frequency
 
 
 @attrs.frozen(kw_only=True)

@@ -64,15 +64,6 @@ def default_guideline_path() -> Path:
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
-    def number(value: Any, _: Any) -> float | str:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number or a $parameter, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str) and value.startswith("$"):
-            return value
-        raise ValueError(f"expected a number or a $parameter, got {value!r}")
-
     def strict_str(value: Any, _: Any) -> str:
         if not isinstance(value, str):
             raise ValueError(f"expected text, got {value!r}")
@@ -93,6 +84,7 @@ def _make_converter() -> cattrs.Converter:
             raise ValueError(f"expected a whole number, got {value!r}")
         return value
 
+    number = m.structure_number
     conv.register_structure_hook(m.Number, number)
     conv.register_structure_hook(m.Number | None, lambda v, t: None if v is None else number(v, t))
     conv.register_structure_hook(str, strict_str)

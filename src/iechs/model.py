@@ -7,7 +7,7 @@ keyword or builtin (`class`, `all`, `any`, `not`, `in`) the loader renames it.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -60,11 +60,23 @@ __all__ = [
     "TransitionDef",
     "TreatmentMatch",
     "Trend",
+    "structure_number",
 ]
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 #: A number, or `$name` naming a parameter of the guideline.
 Number = float | str
+
+
+def structure_number(value: Any, _: Any = None) -> float | str:
+    """A YAML value as a `Number` (a cattrs structure hook): a number, or a `$parameter`."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number or a $parameter, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value.startswith("$"):
+        return value
+    raise ValueError(f"expected a number or a $parameter, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
