@@ -1,6 +1,7 @@
 # Two commands that work on a fresh machine (they create .venv and install what they need):
 #   make demo   run the bundled example timelines through the engine on the bundled guideline
-#   make test   ruff, mypy (strict), validate and verify the guideline and its profiles, tests
+#   make test   ruff, mypy (strict), validate (quotes included) and verify (against the safety
+#               contract) the guideline and its profiles, tests
 # and, for guideline authors:
 #   make diagrams   regenerate diagrams/ and statemachine/ (then commit them; a test checks drift)
 # and for performance work:
@@ -42,7 +43,8 @@ test: install browser
 	$(BIN)/mypy
 	$(BIN)/iechs validate
 	$(BIN)/iechs verify
-	for profile in guideline/profiles/*.yaml; do $(BIN)/iechs verify "$$profile" || exit 1; done
+	for profile in guideline/profiles/*.yaml; do \
+	  $(BIN)/iechs validate "$$profile" && $(BIN)/iechs verify "$$profile" || exit 1; done
 	$(BIN)/pytest
 
 bench: install
