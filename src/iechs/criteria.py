@@ -272,7 +272,7 @@ class CriteriaPlan:
         self.default_validity = p.value if p is not None else float("inf")
         c = g.parameters.get("therapy_continuity_hours")
         #: how long a therapy runs after its last dose (engine and `therapy` criteria).
-        self.continuity = c.value if c is not None else 24.0
+        self.continuity = c.value if c is not None else 0.0  # no parameter: every dose alone
         self.nodes = {name: self._compile(name, c) for name, c in g.criteria.items()}
 
     def _compile(self, name: str, c: m.Criterion) -> _Node:
