@@ -152,7 +152,7 @@ def test_bad_lines_are_reported_and_the_rest_replayed(
     )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [("error" in r) for r in rows] == [False, True, True, False, False]
-    assert rows[1]["error"].startswith("not valid JSON")
+    assert rows[1]["error"].startswith("bad.jsonl:2: $: not valid JSON")
     assert "$.patient.infusion_at" in rows[2]["error"]
     assert "has no time zone" in rows[2]["error"]
     assert f"5 replayed, 0 already in {out}, 2 with bad input" in capsys.readouterr().err

@@ -1,9 +1,10 @@
 """`iechs replay-cohort`: replay the guideline over many patient histories, on every core.
 
 Input: a folder of timeline `.json` files (in name order) or a `.jsonl` file (one timeline per
-line). Output: one JSON line per patient, in input order (final state, path, alerts), so the
-file is deterministic. Resumable: results already in `--out` are kept and skipped; a line cut
-short by an interruption is dropped and redone.
+line); each timeline is native or a FHIR Bundle. Output: one JSON line per patient, in input
+order (the summary of `iechs.outcomes`: path, state entries, alerts, deviations, drug actions
+and whether they were followed), so the file is deterministic. Resumable: results already in
+`--out` are kept and skipped; a line cut short by an interruption is dropped and redone.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["HELP", "configure", "replay_one", "run"]
+if TYPE_CHECKING:
+    from .model import Guideline
+    from .timeline import Timeline
+
+__all__ = ["HELP", "configure", "iter_cohort", "replay_one", "run", "timeline_of"]
 
 HELP = "replay the guideline over a cohort of timelines (all cores, resumable)"
 
@@ -42,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _items(source: Path) -> Iterator[tuple[str, str]]:
+def iter_cohort(source: Path) -> Iterator[tuple[str, str]]:
     """(key, JSON text) per timeline: the file name, or `name:line` in a JSON Lines file."""
     if source.is_dir():
         for path in sorted(source.glob("*.json")):
@@ -69,35 +74,36 @@ def _init_worker(guideline: str | None, runtime: str) -> None:
     _ENGINE = Engine(load_guideline(guideline), runtime=runtime)  # type: ignore[arg-type]
 
 
-def replay_one(item: tuple[str, str]) -> dict[str, Any]:
-    """Replay one timeline; bad input becomes an `error` result, never an exception."""
-    from .errors import IechsError
-    from .timeline import format_time, parse_timeline
+def timeline_of(key: str, text: str, guideline: Guideline) -> Timeline:
+    """Parse one cohort item (native timeline or FHIR Bundle); bad input is an `IechsError`."""
+    from .errors import IechsError, Problem
+    from .timeline import parse_timeline
 
-    key, text = item
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return {"source": key, "error": f"not valid JSON: {exc.msg} (column {exc.colno})"}
+        raise IechsError(
+            [Problem(f"not valid JSON: {exc.msg} (column {exc.colno})", "$")], key
+        ) from None
+    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+        from .fhir.input import bundle_to_timeline
+
+        return bundle_to_timeline(data, guideline, key)
+    return parse_timeline(data, guideline, key)
+
+
+def replay_one(item: tuple[str, str]) -> dict[str, Any]:
+    """Replay one timeline; bad input becomes an `error` result, never an exception."""
+    from .errors import IechsError
+    from .outcomes import summarise
+
+    key, text = item
     try:
-        timeline = parse_timeline(data, _ENGINE.guideline, key)
+        timeline = timeline_of(key, text, _ENGINE.guideline)
         episode = _ENGINE.run(timeline)
     except IechsError as exc:
         return {"source": key, "error": exc.render()}
-    path: list[str] = []
-    for d in episode.decisions:
-        if not path or path[-1] != d.target:
-            path.append(d.target)
-    return {
-        "source": key,
-        "patient": timeline.patient.id,
-        "final_state": episode.state,
-        "path": path,
-        "alerts": [
-            {"code": a.code, "at": format_time(a.at)} for d in episode.decisions for a in d.alerts
-        ],
-        "deviations": sum(len(d.deviations) for d in episode.decisions),
-    }
+    return summarise(key, timeline.patient.id, episode.decisions)
 
 
 def _done(out: Path) -> set[str]:
@@ -133,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise IechsError(
             [Problem("not a results file of replay-cohort (cannot resume)")], str(out)
         ) from None
-    todo = (item for item in _items(source) if item[0] not in done)
+    todo = (item for item in iter_cohort(source) if item[0] not in done)
     total = _count(source)
     errors = 0
     # Load the guideline once here, so that a bad guideline fails before any worker starts.
