@@ -368,11 +368,17 @@ def _read_text(path: Path, shown: str) -> str:
 
 
 def load_guideline(
-    path: str | Path | None = None, *, check: bool = True, structural: bool = True
+    path: str | Path | None = None,
+    *,
+    check: bool = True,
+    structural: bool = True,
+    shown: str | None = None,
 ) -> m.Guideline:
-    """Load a guideline or profile file (default: the bundled IEC-HS guideline)."""
+    """Load a guideline or profile file (default: the bundled IEC-HS guideline). `shown` is
+    the name messages give the file (e.g. `HEAD~1:guideline/iec-hs.yaml` for a revision)."""
     p = Path(path) if path is not None else default_guideline_path()
-    shown = str(path) if path is not None else f"guideline/{DEFAULT_GUIDELINE}"
+    if shown is None:
+        shown = str(path) if path is not None else f"guideline/{DEFAULT_GUIDELINE}"
     return parse_guideline(
         _read_text(p, shown), shown, check=check, structural=structural, base_dir=p.parent
     )
