@@ -91,6 +91,14 @@ def test_demo_runs_every_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert docs["day14-steroid-response.json"]["final_state"] == "closed"
 
 
+def test_demo_on_another_guideline(capsys: pytest.CaptureFixture[str]) -> None:
+    """An author tries an edited guideline on the bundled cases: every run names it."""
+    profile = ROOT / "guideline" / "profiles" / "astct-2023.yaml"
+    assert main(["demo", "--guideline", str(profile), "--format", "json"]) == 0
+    docs = json.loads(capsys.readouterr().out)
+    assert {doc["guideline"]["id"] for doc in docs.values()} == {"iec-hs-astct-2023"}
+
+
 def test_module_entry_point_and_version() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "iechs", "--version"], capture_output=True, text=True, check=False
