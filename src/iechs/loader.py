@@ -77,7 +77,7 @@ def _make_converter() -> cattrs.Converter:
     def strict_float(value: Any, _: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
+        return m.finite(value)
 
     def strict_int(value: Any, _: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -198,6 +198,39 @@ class SourceMap:
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+#: Bounds on a guideline document, far above any real one (the bundled guideline has about
+#: 6,000 nodes and a depth of 9): a hostile file (billion laughs, recursive anchors, deep
+#: nesting) is refused before anything walks it.
+MAX_YAML_NODES = 250_000
+MAX_YAML_DEPTH = 64
+
+
+def _check_bounds(root: yaml.Node, file: str) -> None:
+    """Count the nodes as the aliases expand them, and the depth; stop at the first bound.
+    A recursive anchor never ends, so it meets the depth bound."""
+    count = 0
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        line = node.start_mark.line + 1
+        if count > MAX_YAML_NODES:
+            raise GuidelineError(
+                [Problem(f"more than {MAX_YAML_NODES:,} values once aliases are expanded", "$")],
+                file,
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise GuidelineError(
+                [Problem(f"nested more than {MAX_YAML_DEPTH} levels deep", "$", line)], file
+            )
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1) for item in node.value)
+
+
 def _read_yaml(text: str, file: str) -> tuple[Any, LineMap]:
     try:
         loader = _SafeLoader(text)
@@ -205,9 +238,19 @@ def _read_yaml(text: str, file: str) -> tuple[Any, LineMap]:
             node = loader.get_single_node()
             if node is None:
                 raise GuidelineError([Problem("the document is empty", "$", 1)], file)
+            _check_bounds(node, file)
             data = loader.construct_document(node)
         finally:
             loader.dispose()
+    except GuidelineError:
+        raise
+    except RecursionError:  # the pure-Python loader composes nested nodes recursively
+        raise GuidelineError([Problem("nested too deeply", "$")], file) from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        reason = str(exc).split(";", 1)[0]
+        raise GuidelineError(
+            [Problem(f"a value that cannot be read: {reason}", "$")], file
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None

@@ -7,6 +7,7 @@ keyword or builtin (`class`, `all`, `any`, `not`, `in`) the loader renames it.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -73,10 +74,21 @@ def structure_number(value: Any, _: Any = None) -> float | str:
     if isinstance(value, bool):
         raise ValueError(f"expected a number or a $parameter, got {value!r}")
     if isinstance(value, int | float):
-        return float(value)
+        return finite(value)
     if isinstance(value, str) and value.startswith("$"):
         return value
     raise ValueError(f"expected a number or a $parameter, got {value!r}")
+
+
+def finite(value: float) -> float:
+    """`value` as a float, refused unless finite (no NaN, no infinity, no 1e400)."""
+    try:
+        out = float(value)
+    except OverflowError:
+        raise ValueError("a number too large to use") from None
+    if not math.isfinite(out):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return out
 
 
 @attrs.frozen(kw_only=True)

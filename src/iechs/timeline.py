@@ -423,19 +423,9 @@ def load_timeline(path: str | Path, g: Guideline) -> Timeline:
         raise TimelineError([Problem(f"cannot read the file: {exc.strerror}")], shown) from None
     except UnicodeDecodeError as exc:
         raise TimelineError([Problem(f"not UTF-8 text ({exc.reason})")], shown) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TimelineError(
-            [
-                Problem(
-                    f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-                    "$",
-                    exc.lineno,
-                )
-            ],
-            shown,
-        ) from None
+    from .jsonio import loads  # noqa: PLC0415 - one bounded JSON reader for every door
+
+    data = loads(text, shown, TimelineError)
     if isinstance(data, Mapping) and data.get("resourceType") == "Bundle":
         from .fhir.input import bundle_to_timeline  # noqa: PLC0415 - FHIR is loaded only when used
 

@@ -1,0 +1,98 @@
+"""Bounded JSON reading for every door that takes JSON (timelines, FHIR Bundles, audit exports).
+
+Python's `json` would recurse until it fails on a deeply nested document, and would build an
+integer of any length (and then fail converting it). Input here is clinical data: nothing in
+it is nested deeper than `MAX_DEPTH`, no integer has more than `MAX_INT_DIGITS` digits, and
+`NaN` or `Infinity` is never a measurement. Each bound is a clear `IechsError` naming the file
+and the place, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import attrs
+
+from .errors import IechsError, Problem
+
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "loads"]
+
+#: deeper than any FHIR Bundle or timeline needs (a Bundle's deepest path is about 12).
+MAX_DEPTH = 64
+#: a count, a dose or an identifier never needs more.
+MAX_INT_DIGITS = 40
+
+
+@attrs.frozen
+class _Refused:
+    """A number parsed but not allowed; the walk reports it with its JSON path."""
+
+    reason: str
+
+
+def _int(text: str) -> int | _Refused:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        return _Refused(f"an integer of {digits} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _float(text: str) -> float | _Refused:
+    value = float(text)
+    if not math.isfinite(value):
+        return _Refused(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _constant(name: str) -> _Refused:
+    return _Refused(f"{name} is not a finite number (and not JSON)")
+
+
+def loads(text: str | bytes, file: str, error: type[IechsError] = IechsError) -> Any:
+    """Parse JSON within the bounds above; an `error` (an `IechsError`) naming `file`
+    otherwise."""
+    try:
+        data = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except json.JSONDecodeError as exc:
+        raise error(
+            [
+                Problem(
+                    f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+                    "$",
+                    exc.lineno,
+                )
+            ],
+            file,
+        ) from None
+    except RecursionError:
+        raise error([Problem(f"nested more than {MAX_DEPTH} levels deep", "$")], file) from None
+    if (found := _refused(data)) is not None:
+        raise error([Problem(found[1], found[0])], file)
+    return data
+
+
+def _refused(data: Any) -> tuple[str, str] | None:
+    """(JSON path, reason) of the first value nested deeper than `MAX_DEPTH` or refused."""
+    stack: list[tuple[Any, int, str]] = [(data, 0, "$")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, _Refused):
+            return path, value.reason
+        if depth > MAX_DEPTH:
+            return path, f"nested more than {MAX_DEPTH} levels deep"
+        # only what can nest or was refused goes on the stack
+        if isinstance(value, dict):
+            stack.extend(
+                (v, depth + 1, f"{path}.{k}")
+                for k, v in value.items()
+                if isinstance(v, dict | list | _Refused)
+            )
+        elif isinstance(value, list):
+            stack.extend(
+                (v, depth + 1, f"{path}[{i}]")
+                for i, v in enumerate(value)
+                if isinstance(v, dict | list | _Refused)
+            )
+    return None
