@@ -54,3 +54,7 @@ def test_wheel_ships_the_default_guideline_and_examples(tmp_path: Path) -> None:
     assert any(n.startswith("iechs/examples/") and n.endswith(".json") for n in names)
     shipped = zipfile.ZipFile(wheel).read("iechs/guideline/iec-hs.yaml")
     assert shipped == (ROOT / "guideline" / "iec-hs.yaml").read_bytes()
+    # every card links to /review: the installed service serves the page the wheel ships
+    review = zipfile.ZipFile(wheel).read("iechs/review.html")
+    assert review == (ROOT / "diagrams" / "review.html").read_bytes()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]

@@ -65,10 +65,12 @@ def review_page(config: ServiceConfig, sha256: str) -> tuple[str | None, str]:
     """
     if config.review_page is not None:
         path = Path(config.review_page)
-    else:
+    else:  # the checkout's diagrams/review.html, else the copy the wheel ships
         root = Path(__file__).resolve().parents[3]
         path = root / "diagrams" / "review.html"
-        if not (root / "pyproject.toml").is_file() or not path.is_file():
+        if not (root / "pyproject.toml").is_file():
+            path = Path(__file__).resolve().parents[1] / "review.html"
+        if not path.is_file():
             return None, (
                 "no review page here (the checkout's diagrams/review.html): write one with "
                 "`iechs review GUIDELINE --out page.html` and start with --review-page page.html"
