@@ -74,6 +74,9 @@ def _c_stderr() -> Iterator[list[str]]:
 def render(dot: str, fmt: ImageFormat) -> bytes:
     """Lay out the DOT text with `dot` and draw it as SVG or PNG; any Graphviz error or warning
     raises `GraphvizError` (a picture drawn from a half-read graph would mislead)."""
+    from ..extras import require  # noqa: PLC0415
+
+    require("diagrams")  # a clear message, not an ImportError, when the extra is missing
     # lazy: loading Graphviz is slow, and `iechs --help` stays fast; pygraphviz has no types
     import pygraphviz  # type: ignore[import-untyped]  # noqa: PLC0415
 

@@ -77,6 +77,9 @@ def _without_password(location: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..extras import require
+
+    require("service")  # fastapi, uvicorn, PyJWT: `pip install 'iechs[service]'`
     from ..audit.stores import open_store
     from ..errors import Problem
     from .core import HookService, ServiceConfig
