@@ -262,7 +262,7 @@ def test_verify_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["audit", "verify", "{db}", "--checkpoint", "{tmp}/text.jsonl"], "not a JSON checkpoint"),
         (["audit", "verify", "{db}", "--public-key", "{tmp}/text.db"], "not a PEM public key"),
         (["audit", "checkpoint", "{db}", "--key", "{tmp}/none.pem", "--out", "c"], "cannot read"),
-        (["audit", "export", "{db}", "--episode", "x"], "for --format fhir only"),
+        (["audit", "export", "{db}", "--episode", "x"], "no episode 'x' in the log"),
         (["audit", "replay", "{db}", "--guideline", "{tmp}/none.yaml"], "none.yaml"),
         (["run", str(DAY14), "--store", "{tmp}/x.jsonl"], "a .jsonl export is read-only"),
         (["run", str(DAY14), "--store", "postgresql://nobody@127.0.0.1:1/x"], "cannot connect"),

@@ -31,6 +31,8 @@ EXTERNAL_COMMANDS: dict[str, str] = {
     "export": "iechs.diagram.commands.export",
     "diff": "iechs.diagram.commands.diff",
     "replay-cohort": "iechs.cohort",
+    "report": "iechs.cohort_report",
+    "compare": "iechs.compare",
     "synth": "iechs.synthetic",
     "serve": "iechs.service.commands",
 }
@@ -61,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unverified", action="store_true", help="list every statement still verified: false"
     )
+    p.add_argument(
+        "--baseline",
+        metavar="OLD",
+        help="the guideline before the edit (a file, or a git revision such as "
+        "HEAD~1:guideline/iec-hs.yaml): warn when the version was not raised and when a "
+        "verified: true statement changed",
+    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when there are author warnings")
 
     p = sub.add_parser("run", help="run a patient timeline through the engine")
     p.add_argument("timeline", help="timeline JSON file")
@@ -78,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
 
     p = sub.add_parser("demo", help="run the bundled example timelines")
+    p.add_argument("--guideline", help="guideline YAML (default: bundled iec-hs.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
     for name, module_name in EXTERNAL_COMMANDS.items():
@@ -113,23 +124,34 @@ def _engine(guideline: str | None) -> Engine:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Errors exit 2; author warnings (`iechs.authoring`) print, and exit 1 with --strict."""
+    import tempfile
+
+    from .authoring import author_warnings, print_warnings, source_map
     from .errors import GuidelineError
-    from .loader import SourceMap, _read_layers, default_guideline_path
+    from .loader import default_guideline_path, load_guideline
     from .quotes import check_quotes
     from .report import print_unverified, print_validation
+    from .revisions import guideline_at
 
     engine = _engine(args.guideline)  # loading checks; compiling runs the chart's validations
     # Quotes: each is found in a cited source's text, kept relative to the guideline's folder.
     path = Path(args.guideline) if args.guideline else default_guideline_path()
+    file = engine.guideline.file
+    # The YAML line of each place, in the file that sets it (a profile, or its base).
+    where = source_map(path, file)
     if problems := check_quotes(engine.guideline, path.parent):
-        # The YAML line of each place, in the file that sets it (a profile, or its base).
-        file = engine.guideline.file
-        layers = _read_layers(path.read_text(encoding="utf-8"), file, path.parent)[1]
-        raise GuidelineError([SourceMap(tuple(layers)).problem(p) for p in problems], file)
+        raise GuidelineError([where.problem(p) for p in problems], file)
+    baseline = None
+    if args.baseline:  # only compared, so not held to today's checks
+        with tempfile.TemporaryDirectory() as tmp, guideline_at(args.baseline, Path(tmp)) as old:
+            baseline = load_guideline(old, shown=args.baseline, check=False)
+    warnings = author_warnings(engine.guideline, baseline, where)
     print_validation(engine.guideline)
+    print_warnings(warnings, file, strict=args.strict)
     if args.unverified:
         print_unverified(engine.guideline)
-    return EXIT_OK
+    return EXIT_PROBLEM if warnings and args.strict else EXIT_OK
 
 
 def _run_one(engine: Engine, path: Path) -> tuple[str, Any]:
@@ -190,7 +212,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .report import print_run
 
-    engine = _engine(None)
+    engine = _engine(args.guideline)
     files = sorted(examples_dir().glob("*.json"))
     docs = {}
     for path in files:

@@ -8,7 +8,9 @@ True
 
 Record episodes with `RecordedEpisode` (or `iechs run TIMELINE --store PATH.db`), check them
 with `verify_log` (`iechs audit verify`), re-decide them with `replay_log` (`iechs audit
-replay`), sign a head with `sign_checkpoint` (`iechs audit checkpoint`).
+replay`), sign a head with `sign_checkpoint` (`iechs audit checkpoint`), export one episode
+(`export_jsonl(log, out, episode=...)`, `iechs audit export --episode`) and read back the CDS
+Hooks feedback the service recorded (`feedback_of`).
 """
 
 import importlib
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpoint, generate_key, load_checkpoint, sign_checkpoint
     from .errors import AuditError, CheckpointError, StoreError
     from .export import export_fhir, export_jsonl, import_jsonl
+    from .feedback import Feedback, feedback_of, parse_feedback
     from .recorder import RecordedEpisode, run_recorded
     from .records import (
         GENESIS,
@@ -55,6 +58,9 @@ _HOME = {
     "export_fhir": "export",
     "export_jsonl": "export",
     "import_jsonl": "export",
+    "Feedback": "feedback",
+    "feedback_of": "feedback",
+    "parse_feedback": "feedback",
     "RecordedEpisode": "recorder",
     "run_recorded": "recorder",
     "GENESIS": "records",
@@ -91,6 +97,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "Difference",
+    "Feedback",
     "Finding",
     "GuidelineIdentity",
     "Head",
@@ -105,11 +112,13 @@ __all__ = [
     "canonical",
     "export_fhir",
     "export_jsonl",
+    "feedback_of",
     "generate_key",
     "import_jsonl",
     "load_checkpoint",
     "open_log",
     "open_store",
+    "parse_feedback",
     "replay_log",
     "run_recorded",
     "sha256_hex",

@@ -13,9 +13,17 @@ The walk stops at the first bad record and says what is wrong with it:
 | `truncated` | the log ends before the store's head or the checkpoint's record |
 | `rewritten` | the record a head or checkpoint vouches for hashes otherwise: chain rewritten |
 | `checkpoint` | the checkpoint is for another store, or its signature does not hold |
+| `against` | an episode export's full log does not verify, or is another store or an older copy |
 
 Without a checkpoint, a chain rewritten from an edit to its end (head included) is
 indistinguishable from a genuine one; a checkpoint signed before the edit catches it.
+
+An episode export (`iechs audit export --episode`) holds one episode's records, not a whole
+chain. Alone it is checked for what it can show: every record matches its hash, belongs to the
+episode, and comes in order; the episode's steps run from 0 without a gap; records adjacent in
+the chain link; the header's record count holds. That they are the records of the store's
+chain is checked against the full log it was taken from (`against`): the log must verify, and
+hold exactly these records for the episode up to the export's head, byte for byte.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .checkpoint import Checkpoint, key_id
+from .errors import AuditError, problem
 from .records import GENESIS, AuditRecord, canonical, parse_record, sha256_hex
-from .stores import Head, Log, StoredRecord
+from .stores import Head, JsonlLog, Log, LogView, StoredRecord
 
 __all__ = ["Finding", "Verification", "read_record", "verify_log"]
 
@@ -56,13 +65,23 @@ class Verification:
     findings: tuple[Finding, ...]
     #: what the checkpoint vouched for, when one was given: seq, key id, trusted or embedded.
     checkpoint: dict[str, Any] | None = None
+    #: an episode export: its episode (`head` is then the head of the log it was taken from,
+    #: as its header says), and the full log it was compared with, if any.
+    episode: str | None = None
+    against: str | None = None
 
     @property
     def ok(self) -> bool:
         return not self.findings
 
+    @property
+    def upto(self) -> int | None:
+        """The last record number of a whole log this verification covered (None: an episode
+        export, whose records are those verified)."""
+        return None if self.episode is not None else self.count
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": "iechs.audit-verification/1",
             "log": self.location,
             "store_id": self.store_id,
@@ -72,6 +91,9 @@ class Verification:
             "findings": [f.to_json() for f in self.findings],
             "checkpoint": self.checkpoint,
         }
+        if self.episode is not None:
+            out["episode_export"] = {"episode": self.episode, "against": self.against}
+        return out
 
 
 def read_record(item: StoredRecord) -> tuple[AuditRecord | None, str | None]:
@@ -144,12 +166,38 @@ def verify_log(
     log: Log,
     checkpoint: Checkpoint | None = None,
     trusted_key: Ed25519PublicKey | None = None,
+    *,
+    against: Log | None = None,
 ) -> Verification:
-    """Walk the chain; compare it with the store's head and, when given, a signed checkpoint."""
+    """Walk the chain; compare it with the store's head and, when given, a signed checkpoint.
+
+    An episode export is checked as one (see the module's text); `against` is the full log to
+    compare it with. A checkpoint vouches for a whole chain and cannot check an episode export.
+    """
     findings: list[Finding] = []
     expected, prev, last_at = 1, GENESIS, None
     checkpointed: str | None = None
     with log.reading() as view:
+        if view.only_episode is not None:
+            if checkpoint is not None:
+                raise AuditError(
+                    problem(
+                        f"an episode export (episode {view.only_episode!r}) is not a whole chain: "
+                        "a checkpoint cannot vouch for it; check the full log with the checkpoint, "
+                        "and the export with --against LOG"
+                    ),
+                    log.location,
+                )
+            claimed = log.exported_records if isinstance(log, JsonlLog) else None
+            return _verify_episode_export(log.location, view, claimed, against)
+        if against is not None:
+            raise AuditError(
+                problem(
+                    "--against compares an episode export with the log it was taken from; "
+                    "this is a whole log: verify it alone"
+                ),
+                log.location,
+            )
         store_id, head = view.store_id, view.head
         items = view.records()
         for item in items:
@@ -285,3 +333,171 @@ def _checkpoint_findings(
             )
         ]
     return []
+
+
+# --- episode exports -----------------------------------------------------------------------------
+
+
+def _verify_episode_export(
+    location: str, view: LogView, claimed: int | None, against: Log | None
+) -> Verification:
+    episode = view.only_episode
+    assert episode is not None
+    findings: list[Finding] = []
+    hashes: dict[int, str] = {}
+    last: AuditRecord | None = None
+    last_hash = GENESIS
+    head = view.head or Head(0, GENESIS)
+    for item in view.records():
+        record, digest, defect = _read(item)
+        if record is None:
+            findings.append(Finding("altered", None, f"{item.where}: {defect}"))
+            break
+        where = f"{record.where()} ({item.where})"
+        if defect is not None:
+            findings.append(Finding("altered", record.seq, f"{where}: {defect}"))
+            break
+        if record.episode != episode:
+            findings.append(
+                Finding(
+                    "altered",
+                    record.seq,
+                    f"{where} belongs to episode {record.episode!r}, not to episode {episode!r} "
+                    "that the export holds",
+                )
+            )
+            break
+        if last is not None and record.seq <= last.seq:
+            kind = "duplicated" if record.seq == last.seq else "reordered"
+            findings.append(
+                Finding(kind, record.seq, f"{where} comes after record {last.seq} in the export")
+            )
+            break
+        if record.step != len(hashes):
+            before = f"after {last.where()}" if last is not None else "at the start"
+            findings.append(
+                Finding(
+                    "missing" if record.step > len(hashes) else "duplicated",
+                    record.seq,
+                    f"step {len(hashes)} of episode {episode!r} is missing: {before}, the export "
+                    f"has {where}",
+                )
+            )
+            break
+        neighbour = record.seq == 1 or (last is not None and record.seq == last.seq + 1)
+        if neighbour and record.prev != last_hash:
+            findings.append(
+                Finding(
+                    "broken_link",
+                    record.seq,
+                    f"{where} does not link to record {record.seq - 1} before it in the export: "
+                    f"it names {record.prev[:16]}…, that record hashes to {last_hash[:16]}…",
+                )
+            )
+            break
+        if record.seq > head.seq:
+            findings.append(
+                Finding(
+                    "forged_tail",
+                    record.seq,
+                    f"{where} lies past the head of the log the export was taken from (record "
+                    f"{head.seq}): it was added behind the export's back",
+                )
+            )
+            break
+        hashes[record.seq] = digest
+        last, last_hash = record, digest
+    if not findings and claimed is not None and claimed != len(hashes):
+        findings.append(
+            Finding(
+                "truncated" if len(hashes) < claimed else "forged_tail",
+                None,
+                f"the export's header says {claimed} records, it holds {len(hashes)}",
+            )
+        )
+    if not findings and against is not None:
+        findings += _against_log(view.store_id, head, episode, hashes, against)
+    return Verification(
+        location=location,
+        store_id=view.store_id,
+        count=len(hashes),
+        head=head,
+        head_at=last.at if last is not None else None,
+        findings=tuple(findings),
+        episode=episode,
+        against=against.location if against is not None else None,
+    )
+
+
+def _against_log(
+    store_id: str, head: Head, episode: str, hashes: dict[int, str], log: Log
+) -> list[Finding]:
+    """An episode export against the full log: the same store, a log that verifies, and the
+    same records of the episode, up to the export's head."""
+    full = verify_log(log)
+    if not full.ok:
+        reasons = "; ".join(f.message for f in full.findings)
+        return [Finding("against", None, f"{log.location} does not verify ({reasons})")]
+    if full.store_id != store_id:
+        return [
+            Finding(
+                "against",
+                None,
+                f"the export is of store {store_id}, {log.location} is store {full.store_id}",
+            )
+        ]
+    if full.count < head.seq:
+        return [
+            Finding(
+                "against",
+                None,
+                f"the export was taken at record {head.seq}, {log.location} ends at record "
+                f"{full.count}: it is an older copy of the log",
+            )
+        ]
+    findings: list[Finding] = []
+    logged: dict[int, str] = {}
+    with log.reading() as view:
+        for item in view.records():
+            record, digest, _ = _read(item)
+            if record is None or record.seq > head.seq:
+                break
+            if record.seq == head.seq and digest != head.hash:
+                findings.append(
+                    Finding(
+                        "rewritten",
+                        head.seq,
+                        f"the export names record {head.seq} of the log as its head "
+                        f"(sha256 {head.hash[:16]}…), the log's record {head.seq} hashes to "
+                        f"{digest[:16]}…",
+                    )
+                )
+            if record.episode == episode:
+                logged[record.seq] = digest
+    for seq in sorted(set(logged) | set(hashes)):
+        if seq not in hashes:
+            findings.append(
+                Finding(
+                    "missing",
+                    seq,
+                    f"record {seq} of episode {episode!r} is in {log.location}, not in the export",
+                )
+            )
+        elif seq not in logged:
+            findings.append(
+                Finding(
+                    "altered",
+                    seq,
+                    f"record {seq} of the export is not a record of episode {episode!r} in "
+                    f"{log.location}",
+                )
+            )
+        elif logged[seq] != hashes[seq]:
+            findings.append(
+                Finding(
+                    "altered",
+                    seq,
+                    f"record {seq} of the export differs from record {seq} of {log.location}",
+                )
+            )
+    return findings

@@ -4,8 +4,9 @@ Registered in `iechs.cli.EXTERNAL_COMMANDS`. This module stays light (argparse o
 `iechs --help` is fast; the commands themselves live in `iechs.audit.commands`.
 
 LOG is a SQLite store (`PATH.db`), a PostgreSQL store (`postgresql://...`) or a JSON Lines
-export (`.jsonl`); `--store LOG` says the same. Exit codes: 0 intact / same; 1 tampering or a
-differing decision found; 2 bad input.
+export (`.jsonl`, of the whole log or of one episode); `--store LOG` says the same. Exit codes:
+0 intact / same; 1 tampering or a differing decision found; 2 bad input (an episode or record
+the log does not hold included).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="KEY.pub.pem",
         help="the signer's public key (default: trust the key embedded in the checkpoint)",
     )
+    p.add_argument(
+        "--against",
+        metavar="LOG",
+        help="an episode export: also compare it with the full log it was taken from",
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
 
     p = sub.add_parser("replay", help="re-run the logged events; exit 1 if a decision differs")
@@ -47,14 +53,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
 
-    p = sub.add_parser("show", help="print the log as a readable timeline")
+    p = sub.add_parser(
+        "show", help="print the log as a readable timeline, or one record in full (--record)"
+    )
     _log_arguments(p)
-    p.add_argument("--episode", help="only this episode")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--episode", help="only this episode")
+    which.add_argument(
+        "--record",
+        type=int,
+        metavar="N",
+        help="record N in full: its event, decision, each guard and the values it read",
+    )
 
     p = sub.add_parser("export", help="write the log as JSON Lines or as FHIR R4 resources")
     _log_arguments(p)
     p.add_argument("--format", choices=("jsonl", "fhir"), default="jsonl")
-    p.add_argument("--episode", help="FHIR only: only this episode")
+    p.add_argument(
+        "--episode",
+        help="only this episode (JSON Lines: an episode export, which verifies on its own and "
+        "against the full log, but cannot be imported)",
+    )
     p.add_argument("--out", metavar="FILE", help="write here (default: standard output)")
 
     p = sub.add_parser("import", help="copy a JSON Lines export into a new store")

@@ -23,9 +23,15 @@ from .checkpoint import (
     sign_checkpoint,
 )
 from .errors import AuditError, problem
-from .export import UnverifiedLogError, export_fhir, export_jsonl, import_jsonl
+from .export import (
+    UnverifiedLogError,
+    export_fhir,
+    export_jsonl,
+    import_jsonl,
+    refuse_episode_export,
+)
 from .replay import replay_log
-from .show import console, print_log, print_replay, print_verification
+from .show import console, print_log, print_record, print_replay, print_verification
 from .stores import JsonlLog, Log, open_log, open_store
 
 __all__ = ["dispatch"]
@@ -53,10 +59,13 @@ def _verify(args: argparse.Namespace) -> int:
     if trusted is not None and checkpoint is None:
         raise AuditError(problem("--public-key checks a checkpoint: give --checkpoint too"))
     log = open_log(_location(args))
+    against = open_log(args.against) if args.against else None
     try:
-        verification = verify_log(log, checkpoint, trusted)
+        verification = verify_log(log, checkpoint, trusted, against=against)
     finally:
         log.close()
+        if against is not None:
+            against.close()
     if args.format == "json":
         _dump(verification.to_json())
     else:
@@ -82,15 +91,16 @@ def _replay(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     log = open_log(_location(args))
     try:
-        print_log(log, args.episode)
+        if args.record is not None:
+            print_record(log, args.record)
+        else:
+            print_log(log, args.episode)
     finally:
         log.close()
     return EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
-    if args.episode and args.format != "fhir":
-        raise AuditError(problem("--episode selects records for --format fhir only"))
     log = open_log(_location(args))
     try:
         if args.out is None:
@@ -106,7 +116,8 @@ def _export(args: argparse.Namespace) -> int:
                 raise AuditError(problem(f"cannot write: {exc.strerror}"), args.out) from None
             finally:
                 partial.unlink(missing_ok=True)
-            _stderr().print(f"Exported {count} records to {args.out} ({args.format}).")
+            what = f"{args.format}, episode {args.episode}" if args.episode else args.format
+            _stderr().print(f"Exported {count} records to {args.out} ({what}).")
     except UnverifiedLogError as refused:
         print_verification(refused.verification, _stderr())
         return EXIT_PROBLEM
@@ -118,7 +129,7 @@ def _export(args: argparse.Namespace) -> int:
 def _write(log: Log, args: argparse.Namespace, out: TextIO) -> int:
     if args.format == "fhir":
         return export_fhir(log, out, args.episode)
-    return export_jsonl(log, out)
+    return export_jsonl(log, out, args.episode)
 
 
 def _stderr() -> Console:
@@ -127,6 +138,7 @@ def _stderr() -> Console:
 
 def _import(args: argparse.Namespace) -> int:
     export = JsonlLog(args.export)
+    refuse_episode_export(export)  # before the store is created
     with open_store(args.store, create=True) as store:
         try:
             count = import_jsonl(export, store)
@@ -144,6 +156,14 @@ def _checkpoint(args: argparse.Namespace) -> int:
         verification = verify_log(log)
     finally:
         log.close()
+    if verification.episode is not None:
+        raise AuditError(
+            problem(
+                f"an episode export (episode {verification.episode!r}) has no head of its own "
+                "to sign: sign the full log's"
+            ),
+            log.location,
+        )
     if not verification.ok:
         print_verification(verification, _stderr())
         _stderr().print("Refusing to sign the head of a log that does not verify.")

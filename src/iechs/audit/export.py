@@ -4,10 +4,20 @@ An export is a faithful copy: it is written only from a log that verifies, every
 canonical form and the header keeps the store id, so a checkpoint of the store also vouches
 for its export. An import verifies the export and fills an empty store, rebuilding the
 episodes' snapshots from the records.
+
+An episode export (`episode=`) holds the records of one episode, each as in a whole export
+(its hash, and its content with the link to the record before it in the chain), under a header
+that says so: `{format: EPISODE_EXPORT_FORMAT, store_id, head, episode, records}`. An episode's
+records are not a contiguous chain (other episodes' records lie between them), so the export is
+a partial copy: `iechs audit verify` checks what it can alone (hashes, order, every step of the
+episode from 0, links between neighbours) and, with `--against LOG`, that it holds exactly the
+log's records of that episode up to its head. It can be shown, replayed and exported as FHIR,
+but not imported into a store (a store holds a whole chain) nor exported again as JSON Lines.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -17,9 +27,17 @@ from .errors import AuditError, problem
 from .fhir import to_bundle
 from .recorder import episodes_of
 from .records import AuditRecord, canonical
-from .stores import EXPORT_FORMAT, AuditStore, JsonlLog, Log
+from .stores import EPISODE_EXPORT_FORMAT, EXPORT_FORMAT, AuditStore, JsonlLog, Log
 
-__all__ = ["UnverifiedLogError", "export_fhir", "export_jsonl", "import_jsonl", "sound_records"]
+__all__ = [
+    "UnverifiedLogError",
+    "export_fhir",
+    "export_jsonl",
+    "import_jsonl",
+    "refuse_episode_export",
+    "sound_records",
+    "unknown_episode",
+]
 
 
 class UnverifiedLogError(AuditError):
@@ -58,33 +76,84 @@ def sound_records(
             yield record
 
 
-def export_jsonl(log: Log, out: TextIO) -> int:
-    """Write the header line and one `{"hash", "record"}` line per record; returns the count."""
+def export_jsonl(log: Log, out: TextIO, episode: str | None = None) -> int:
+    """Write the header line and one `{"hash", "record"}` line per record; returns the count.
+
+    With `episode`, an episode export: only that episode's records (`AuditError` when the log
+    has none)."""
+    if isinstance(log, JsonlLog) and log.only_episode is not None:
+        raise AuditError(
+            problem(
+                f"this is an episode export (episode {log.only_episode!r}), not a whole log: "
+                "copy the file, or export from the full log"
+            ),
+            log.location,
+        )
     verification = _verified(log)
     header: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "store_id": verification.store_id,
         "head": verification.head.to_json(),
     }
+    records: Iterator[AuditRecord] | list[AuditRecord]
+    if episode is None:
+        records = sound_records(log, upto=verification.count)
+    else:
+        records = list(sound_records(log, episode, upto=verification.count))
+        if not records:
+            raise AuditError(problem(unknown_episode(log, episode)), log.location)
+        header.update(format=EPISODE_EXPORT_FORMAT, episode=episode, records=len(records))
     out.write(canonical(header) + "\n")
     count = 0
-    for record in sound_records(log, upto=verification.count):
+    for record in records:
         out.write(canonical({"hash": record.hash, "record": record.content()}) + "\n")
         count += 1
     return count
 
 
+def unknown_episode(log: Log, episode: str) -> str:
+    """`no episode 'P9' in the log (did you mean 'P1'?); it holds 2 episodes: P1, P2`."""
+    known: dict[str, None] = {}
+    with log.reading() as view:
+        for item in view.records():
+            record, _ = read_record(item)
+            name = item.episode or (record.episode if record is not None else None)
+            if name is not None:
+                known[name] = None
+    if not known:
+        return f"no episode {episode!r}: the log holds no records"
+    close = difflib.get_close_matches(episode, list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    listed = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
+    return f"no episode {episode!r} in the log{hint}; it holds {len(known)} episode(s): {listed}"
+
+
 def export_fhir(log: Log, out: TextIO, episode: str | None = None) -> int:
     """Write a FHIR R4 Bundle (AuditEvent + GuidanceResponse per record); returns the count."""
     verification = _verified(log)
-    records = list(sound_records(log, episode, upto=verification.count))
+    records = list(sound_records(log, episode, upto=verification.upto))
     bundle = to_bundle(records, verification.store_id)
     out.write(json.dumps(bundle, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
     return len(records)
 
 
+def refuse_episode_export(export: JsonlLog) -> None:
+    """`AuditError` for an episode export, which no store can be made of."""
+    if export.only_episode is not None:
+        raise AuditError(
+            problem(
+                f"an episode export (episode {export.only_episode!r}, "
+                f"{export.exported_records} records) is not a whole chain, so no store can be "
+                "made of it: import a whole export (`iechs audit export LOG`, without --episode)"
+            ),
+            export.location,
+        )
+
+
 def import_jsonl(export: JsonlLog, store: AuditStore) -> int:
-    """Copy a verified export into an empty store (same store id); returns the count."""
+    """Copy a verified export into an empty store (same store id); returns the count. An
+    episode export is refused (`AuditError`): a store holds a whole chain."""
+    refuse_episode_export(export)
     verification = _verified(export)
     records = list(sound_records(export))
     store.load_copy(verification.store_id, records, episodes_of(records))

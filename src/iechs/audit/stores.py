@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "EPISODE_EXPORT_FORMAT",
     "EXPORT_FORMAT",
     "AuditStore",
     "EpisodeUpdate",
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 EXPORT_FORMAT = "iechs.audit-export/1"
+#: An episode export (`iechs audit export --episode`): the records of one episode, each with its
+#: hash and link, taken from a log that verified; not a whole chain (see `iechs.audit.export`).
+EPISODE_EXPORT_FORMAT = "iechs.audit-episode-export/1"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS iechs_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -118,6 +122,11 @@ class LogView(Protocol):
     @property
     def head(self) -> Head | None: ...
 
+    @property
+    def only_episode(self) -> str | None:
+        """The one episode this log holds when it is an episode export; None: a whole log."""
+        ...
+
     def records(self, episode: str | None = None) -> Iterator[StoredRecord]: ...
 
 
@@ -136,6 +145,7 @@ class _View:
     store_id: str
     head: Head | None
     rows: Callable[[str | None], Iterator[StoredRecord]]
+    only_episode: str | None = None
 
     def records(self, episode: str | None = None) -> Iterator[StoredRecord]:
         return self.rows(episode)
@@ -457,6 +467,9 @@ class PostgresStore(AuditStore):
     _schema_lock = "SELECT pg_advisory_xact_lock(4201620919)"
 
     def __init__(self, url: str, *, create: bool = False) -> None:
+        from ..extras import require  # noqa: PLC0415
+
+        require("postgres")  # psycopg: `pip install 'iechs[postgres]'`
         import psycopg  # noqa: PLC0415 - only PostgreSQL users pay for loading it
 
         self.location = _shown(url)  # what messages and reports show: never the password
@@ -503,7 +516,11 @@ class PostgresStore(AuditStore):
 class JsonlLog:
     """A JSON Lines export (read-only): a header line, then one `{"hash", "record"}` per line.
 
-    Every line is in canonical form, so a changed byte is always a changed record.
+    Every line is in canonical form, so a changed byte is always a changed record. The header
+    of a whole log's export is `{format: EXPORT_FORMAT, store_id, head}`; that of an episode
+    export is `{format: EPISODE_EXPORT_FORMAT, store_id, head, episode, records}` (`head`: the
+    head of the log it was taken from, `records`: how many lines follow), and `only_episode`
+    names its episode.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -522,12 +539,15 @@ class JsonlLog:
             header = None
         if (
             not isinstance(header, dict)
-            or header.get("format") != EXPORT_FORMAT
+            or header.get("format") not in (EXPORT_FORMAT, EPISODE_EXPORT_FORMAT)
             or not isinstance(header.get("store_id"), str)
             or not isinstance(header.get("head"), dict)
         ):
             raise StoreError(
-                problem(f"line 1 is not an iechs audit export header ({EXPORT_FORMAT})"),
+                problem(
+                    f"line 1 is not an iechs audit export header ({EXPORT_FORMAT} or "
+                    f"{EPISODE_EXPORT_FORMAT})"
+                ),
                 self.location,
             )
         head = header["head"]
@@ -535,6 +555,16 @@ class JsonlLog:
             raise StoreError(problem("expected {seq, hash}", "$.head"), self.location)
         self.store_id: str = header["store_id"]
         self.head = Head(head["seq"], head["hash"])
+        #: the episode of an episode export, and how many records its header says follow.
+        self.only_episode: str | None = None
+        self.exported_records: int | None = None
+        if header["format"] == EPISODE_EXPORT_FORMAT:
+            episode, records = header.get("episode"), header.get("records")
+            if not isinstance(episode, str):
+                raise StoreError(problem("expected the episode's id", "$.episode"), self.location)
+            if isinstance(records, bool) or not isinstance(records, int) or records < 0:
+                raise StoreError(problem("expected a record count", "$.records"), self.location)
+            self.only_episode, self.exported_records = episode, records
 
     def _lines(self) -> Generator[tuple[str, str | None], None, None]:
         """Each line's text, and why it is unreadable (a line that is not UTF-8 is a defect
@@ -599,7 +629,7 @@ class JsonlLog:
 
     @contextmanager
     def reading(self) -> Iterator[LogView]:
-        yield _View(self.store_id, self.head, self._records)
+        yield _View(self.store_id, self.head, self._records, self.only_episode)
 
 
 def open_store(location: str, *, create: bool = False) -> AuditStore:
