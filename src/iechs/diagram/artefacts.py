@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from .review import review_html
 
 __all__ = [
     "DIAGRAM_FORMATS",
+    "EXPORT_FORMATS",
     "NOT_DRIFT_CHECKED",
     "SCREENSHOT",
     "TARGETS",
@@ -67,15 +68,27 @@ def path_diagram(g: Guideline, timeline: Path) -> Diagram:
     return with_path(diagram_of(g), g, t.patient.id, Engine(g).run(t).decisions)
 
 
-def export_files(g: Guideline) -> dict[str, bytes]:
-    """`{id}.yaml|json|scxml`: the compiled machine in python-statemachine's native syntax
-    and in SCXML."""
-    name = g.guideline.id
-    return {
-        f"{name}.yaml": native_yaml(g).encode("utf-8"),
-        f"{name}.json": native_json(g).encode("utf-8"),
-        f"{name}.scxml": to_scxml(g),
-    }
+#: `iechs export --format`: format -> (file name after the guideline's id, exporter).
+_EXPORTERS: dict[str, tuple[str, Callable[[Guideline], bytes]]] = {
+    "yaml": (".yaml", lambda g: native_yaml(g).encode("utf-8")),
+    "json": (".json", lambda g: native_json(g).encode("utf-8")),
+    "scxml": (".scxml", to_scxml),
+    "scxml-ecmascript": (".ecmascript.scxml", lambda g: to_scxml(g, "ecmascript")),
+}
+EXPORT_FORMATS = tuple(_EXPORTERS)
+
+
+def export_files(g: Guideline, formats: Sequence[str] = EXPORT_FORMATS) -> dict[str, bytes]:
+    """`{id}.yaml|json|scxml|ecmascript.scxml`: the compiled machine in python-statemachine's
+    native syntax, as SCXML for python-statemachine (`datamodel="python"`) and as SCXML for
+    other interpreters (`datamodel="ecmascript"`, e.g. SCION)."""
+    out: dict[str, bytes] = {}
+    for fmt in formats:
+        if fmt not in _EXPORTERS:
+            raise ValueError(f"unknown export format {fmt!r}")
+        suffix, export = _EXPORTERS[fmt]
+        out[g.guideline.id + suffix] = export(g)
+    return out
 
 
 def review_page(g: Guideline, since: Guideline | None = None) -> bytes:

@@ -1,5 +1,6 @@
 """The compiled machine as data: python-statemachine's native statechart (YAML and JSON) and
-W3C SCXML, each loadable with `statemachine.io.load`.
+W3C SCXML (`datamodel="python"`), each loadable with `statemachine.io.load`; and W3C SCXML for
+other interpreters (`datamodel="ecmascript"`, below).
 
 python-statemachine reads these formats but does not write them, so they are written here from
 the guideline (the IR), and a test loads each back and compares it with the compiled class.
@@ -14,6 +15,22 @@ The native format has no place for clinical text, so the YAML carries it as comm
 carries it (names, recommendations, doses, cautions, labels, guard descriptions, citations and
 `verified` flags) in the project's own XML namespace, which the SCXML schema allows and
 python-statemachine ignores.
+
+`datamodel="ecmascript"` is for other SCXML interpreters (a test runs it in SCION; the
+python-statemachine loader refuses it) and keeps the engine's three values. The host sends each
+event with the criteria as the engine evaluated them,
+
+    {"name": "give_corticosteroid",
+     "data": {"criteria": {"iec_hs_identified": "TRUE", "infection_gate_open": "UNKNOWN"},
+              "follow_unknown": true}}
+
+and every guard reads `_event.data.criteria` (a criterion absent or neither "TRUE" nor "FALSE"
+is UNKNOWN). A state's transitions come in the engine's order of choice: first all of them, in
+the guideline's order, each enabled when its guard is TRUE (the W3C algorithm takes the first
+enabled transition in document order); then each guarded one again, enabled when its guard is
+UNKNOWN and `follow_unknown` is true. The engine follows an UNKNOWN guard for a recorded
+treatment (with `treatment_unconfirmed`) and on its way through a state to one, never for
+`reassess` or `close` alone: without `follow_unknown` an UNKNOWN guard never fires.
 """
 
 from __future__ import annotations
@@ -21,7 +38,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..compiler import compile_guideline
 from ..model import Citable, Guideline, Recommendation, StateDef, TransitionDef
@@ -30,8 +47,10 @@ if TYPE_CHECKING:
     from lxml.etree import _Element
 
 __all__ = [
+    "DATAMODELS",
     "GUIDELINE_NS",
     "SCXML_NS",
+    "Datamodel",
     "criteria_in_guards",
     "native_document",
     "native_json",
@@ -43,6 +62,9 @@ __all__ = [
 SCXML_NS = "http://www.w3.org/2005/07/scxml"
 #: The project's XML namespace for clinical metadata in the SCXML export.
 GUIDELINE_NS = "https://iechs.dev/ns/guideline"
+#: The SCXML data models of the export: guards in Python (python-statemachine) or ECMAScript.
+Datamodel = Literal["python", "ecmascript"]
+DATAMODELS: tuple[Datamodel, ...] = ("python", "ecmascript")
 
 
 def criteria_in_guards(g: Guideline) -> list[str]:
@@ -69,7 +91,15 @@ def _identity(g: Guideline) -> str:
     return f"guideline {m.id} {m.version} ({m.status}), sha256 {g.sha256}"
 
 
-def _description(g: Guideline) -> str:
+def _description(g: Guideline, datamodel: Datamodel = "python") -> str:
+    if datamodel == "ecmascript":
+        return (
+            f"{g.guideline.title}. Exported from {_identity(g)}. ECMAScript data model: each "
+            "event carries the criteria as the engine evaluated them, _event.data.criteria "
+            "(name: TRUE, FALSE or UNKNOWN; absent is UNKNOWN), and _event.data.follow_unknown. "
+            "The first transition whose guard is TRUE fires; failing that, when follow_unknown "
+            "is true (a recorded treatment), the first whose guard is UNKNOWN."
+        )
     return (
         f"{g.guideline.title}. Exported from {_identity(g)}. Guards read the guideline's "
         "criteria as booleans (set them on the model); the engine evaluates them three-valued "
@@ -193,7 +223,7 @@ def _m(tag: str) -> str:
     return f"{{{GUIDELINE_NS}}}{tag}"
 
 
-def _scxml_head(root: _Element, g: Guideline) -> None:
+def _scxml_head(root: _Element, g: Guideline, datamodel: Datamodel) -> None:
     """The guideline's identity, sources, events and the criteria guards read (metadata)."""
     from lxml import etree  # noqa: PLC0415 (lazy: only exports need it)
 
@@ -218,7 +248,7 @@ def _scxml_head(root: _Element, g: Guideline) -> None:
     etree.SubElement(info, _m("title")).text = meta.title
     for author in meta.authors:
         etree.SubElement(info, _m("author")).text = author
-    etree.SubElement(info, _m("note")).text = _description(g)
+    etree.SubElement(info, _m("note")).text = _description(g, datamodel)
     sources = etree.SubElement(root, _m("sources"))
     for key, src in g.sources.items():
         attrib = {"key": key, "kind": src.kind}
@@ -234,9 +264,10 @@ def _scxml_head(root: _Element, g: Guideline) -> None:
         c = g.criteria[name]
         attrib = {"id": name, "local": "true" if c.local else "false", **_flags(c)}
         etree.SubElement(criteria, _m("criterion"), attrib=attrib).text = _one_line(c.description)
-    datamodel = etree.SubElement(root, _q("datamodel"))
-    for name in criteria_in_guards(g):
-        etree.SubElement(datamodel, _q("data"), attrib={"id": name, "expr": "False"})
+    if datamodel == "python":
+        data = etree.SubElement(root, _q("datamodel"))
+        for name in criteria_in_guards(g):
+            etree.SubElement(data, _q("data"), attrib={"id": name, "expr": "False"})
 
 
 def _recommendation_attrs(r: Recommendation) -> dict[str, str]:
@@ -254,10 +285,34 @@ def _recommendation_attrs(r: Recommendation) -> dict[str, str]:
     return {**attrib, **_flags(r)}
 
 
-def _transition_attrs(g: Guideline, t: TransitionDef) -> dict[str, str]:
+def _criterion_js(name: str) -> str:
+    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+    return f"_event.data.criteria['{quoted}']"
+
+
+def _true_js(t: TransitionDef) -> str | None:
+    """ECMAScript: the guard is TRUE (every `when` criterion TRUE, every `unless` one FALSE)."""
+    parts = [f"{_criterion_js(n)} === 'TRUE'" for n in t.when]
+    parts += [f"{_criterion_js(n)} === 'FALSE'" for n in t.unless]
+    return " && ".join(parts) or None
+
+
+def _unknown_js(t: TransitionDef) -> str:
+    """ECMAScript: the host follows UNKNOWN guards and this one is UNKNOWN (Kleene: no part
+    FALSE, not all TRUE)."""
+    parts = [f"{_criterion_js(n)} !== 'FALSE'" for n in t.when]
+    parts += [f"{_criterion_js(n)} !== 'TRUE'" for n in t.unless]
+    return " && ".join(["_event.data.follow_unknown === true", *parts, f"!({_true_js(t)})"])
+
+
+def _transition_attrs(
+    g: Guideline, t: TransitionDef, cond: str | None, fires_on: str | None = None
+) -> dict[str, str]:
     attrib = {"event": t.event, "target": t.to}
-    if (cond := _scxml_cond(t)) is not None:
+    if cond is not None:
         attrib["cond"] = cond
+    if fires_on is not None:
+        attrib[_m("fires-on")] = fires_on
     attrib[_m("label")] = _one_line(t.label)
     if t.when:
         attrib[_m("when")] = " ".join(t.when)
@@ -272,7 +327,7 @@ def _transition_attrs(g: Guideline, t: TransitionDef) -> dict[str, str]:
     return attrib
 
 
-def _scxml_state(root: _Element, g: Guideline, sid: str, s: StateDef) -> None:
+def _scxml_state(root: _Element, g: Guideline, sid: str, s: StateDef, datamodel: Datamodel) -> None:
     from lxml import etree  # noqa: PLC0415 (lazy: only exports need it)
 
     attrib = {"id": sid, _m("name"): s.name, _m("phase"): s.phase}
@@ -291,12 +346,25 @@ def _scxml_state(root: _Element, g: Guideline, sid: str, s: StateDef) -> None:
     ):
         for st in items:
             etree.SubElement(el, _m(tag), attrib=_flags(st)).text = _one_line(st.text)
+    if datamodel == "python":
+        for t in s.transitions:
+            etree.SubElement(el, _q("transition"), attrib=_transition_attrs(g, t, _scxml_cond(t)))
+        return
+    # ECMAScript: the engine's order of choice, the first TRUE guard, then the first UNKNOWN one.
     for t in s.transitions:
-        etree.SubElement(el, _q("transition"), attrib=_transition_attrs(g, t))
+        fires_on = "TRUE" if t.when or t.unless else None
+        attrib = _transition_attrs(g, t, _true_js(t), fires_on)
+        etree.SubElement(el, _q("transition"), attrib=attrib)
+    for t in s.transitions:
+        if t.when or t.unless:
+            attrib = _transition_attrs(g, t, _unknown_js(t), "UNKNOWN")
+            etree.SubElement(el, _q("transition"), attrib=attrib)
 
 
-def to_scxml(g: Guideline) -> bytes:
-    """The machine as W3C SCXML 1.0, with clinical metadata in the `GUIDELINE_NS` namespace."""
+def to_scxml(g: Guideline, datamodel: Datamodel = "python") -> bytes:
+    """The machine as W3C SCXML 1.0, with clinical metadata in the `GUIDELINE_NS` namespace;
+    guards in Python over boolean criteria (python-statemachine) or in ECMAScript over the
+    three-valued criteria each event carries (module docstring)."""
     from lxml import etree  # noqa: PLC0415 (lazy: only exports need it)
 
     nsmap: Any = {None: SCXML_NS, "g": GUIDELINE_NS}  # None: the default namespace
@@ -307,12 +375,12 @@ def to_scxml(g: Guideline) -> bytes:
             "version": "1.0",
             "name": compile_guideline(g).chart.__name__,
             "initial": g.initial_state,
-            "datamodel": "python",
+            "datamodel": datamodel,
         },
     )
-    _scxml_head(root, g)
+    _scxml_head(root, g, datamodel)
     for sid, s in g.states.items():
-        _scxml_state(root, g, sid, s)
+        _scxml_state(root, g, sid, s, datamodel)
     etree.indent(root, space="  ")
     data: bytes = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
     return data

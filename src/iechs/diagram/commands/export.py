@@ -1,5 +1,6 @@
-"""`iechs export [GUIDELINE] [--out DIR] [--schema DIR]`: the compiled machine as
-python-statemachine's native statechart (YAML, JSON) and as W3C SCXML."""
+"""`iechs export [GUIDELINE] [--out DIR] [--format F ...] [--schema DIR]`: the compiled machine
+as python-statemachine's native statechart (YAML, JSON), as W3C SCXML for python-statemachine
+(`datamodel="python"`) and as W3C SCXML for other interpreters (`datamodel="ecmascript"`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from . import write_file
 __all__ = ["HELP", "configure", "run"]
 
 HELP = "export the compiled machine: native statechart YAML/JSON and W3C SCXML"
+#: the choices of --format, as in `iechs.diagram.artefacts.EXPORT_FORMATS` (a test keeps them
+#: equal); listed here so that `--help` loads no exporter.
+FORMATS = ("yaml", "json", "scxml", "scxml-ecmascript")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -20,10 +24,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--out", default="statemachine", help="output folder (default: statemachine/)"
     )
     parser.add_argument(
+        "--format",
+        action="append",
+        choices=FORMATS,
+        dest="formats",
+        metavar="FORMAT",
+        help="what to write, repeatable (default: all): yaml, json (python-statemachine's "
+        "native statechart), scxml (SCXML, datamodel python: python-statemachine), "
+        "scxml-ecmascript (SCXML, datamodel ecmascript: other SCXML interpreters, e.g. SCION; "
+        "written as ID.ecmascript.scxml)",
+    )
+    parser.add_argument(
         "--schema",
         metavar="DIR",
-        help="first validate the SCXML against the W3C schema (scxml.xsd) in DIR; "
-        "exit 1 if it is invalid",
+        help="first validate each SCXML against the W3C schema (scxml.xsd) in DIR; "
+        "exit 1 if one is invalid",
     )
 
 
@@ -33,14 +48,17 @@ def run(args: argparse.Namespace) -> int:
     from ..exports import scxml_problems
 
     g = load_guideline(args.guideline)
-    files = export_files(g)
+    formats = [f for f in FORMATS if not args.formats or f in args.formats]
+    files = export_files(g, formats)
     if args.schema:
-        scxml = files[f"{g.guideline.id}.scxml"]
-        problems = scxml_problems(scxml, Path(args.schema))
-        if problems:
-            sys.stderr.write("iechs export: the SCXML does not validate:\n")
-            sys.stderr.write("".join(f"  {p}\n" for p in problems))
-            return 1
+        for file, data in files.items():
+            if not file.endswith(".scxml"):
+                continue
+            problems = scxml_problems(data, Path(args.schema))
+            if problems:
+                sys.stderr.write(f"iechs export: the SCXML {file} does not validate:\n")
+                sys.stderr.write("".join(f"  {p}\n" for p in problems))
+                return 1
     out = Path(args.out)
     for file, data in files.items():
         write_file(out / file, data)
