@@ -67,7 +67,12 @@ def quantity(value: float, unit: str) -> dict[str, Any]:
 
 
 def observation(code: dict[str, Any], at: str | None = AT, **fields: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"resourceType": "Observation", "status": "final", "code": code}
+    out: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": code,
+        "subject": {"reference": "Patient/P1"},
+    }
     if at is not None:
         out["effectiveDateTime"] = at
     return {**out, **fields}
@@ -432,6 +437,39 @@ def test_ucum_units_are_converted_to_the_canonical_unit(
     assert ev.value == pytest.approx(expected[1], abs=0.01)
 
 
+@pytest.mark.parametrize(
+    ("code", "value", "unit", "expected"),
+    [
+        # UCUM spellings laboratories send (UCUM has both litres; `10*9/l` is UCUM's 10^9/L)
+        ("2276-4", 900, "ng/ml", ("ferritin", 900.0, "ng/mL")),
+        ("2276-4", 900, "ug/l", ("ferritin", 900.0, "ng/mL")),
+        ("3255-7", 300, "mg/dl", ("fibrinogen", 300.0, "mg/dL")),
+        ("777-3", 150, "10*9/l", ("platelets", 150.0, "10^9/L")),
+        ("1920-8", 80, "[iU]/L", ("ast", 80.0, "U/L")),
+        # units UCUM converts to the guideline's: 1 mg/L = 1000 ng/mL; 1 ukat/L = 60 U/L;
+        # 1 /uL = 10^6 /L; an annotation ({cells}) is a comment in UCUM
+        ("2276-4", 0.9, "mg/L", ("ferritin", 900.0, "ng/mL")),
+        ("1920-8", 1.5, "ukat/L", ("ast", 90.0, "U/L")),
+        ("777-3", 150000, "/uL", ("platelets", 150.0, "10^9/L")),
+        ("777-3", 150000, "{cells}/uL", ("platelets", 150.0, "10^9/L")),
+        # a temperature on another scale: converted by UCUM, offset and all
+        ("8310-5", 311.65, "K", ("temperature", 38.5, "Cel")),
+    ],
+)
+def test_ucum_spellings_and_convertible_units_are_read_through_a_bundle(
+    read: Any, code: str, value: float, unit: str, expected: tuple[str, float, str]
+) -> None:
+    """Real clients write UCUM as their LIS does: lower-case litres, mass per litre instead of
+    per millilitre, SI enzyme units, counts per microlitre. These once made the whole Bundle
+    refused although a native timeline with the same units was read; the Bundle now goes through
+    the same unit reader (`iechs.units`), so a ferritin of 0.9 mg/L is the 900 ng/mL a
+    haematologist reads, and the engine compares it with the guideline's thresholds."""
+    [ev] = read(bundle(lab(code, value, unit))).events
+    assert isinstance(ev, ObservationEvent)
+    assert (ev.code, ev.unit) == (expected[0], expected[2])
+    assert ev.value == pytest.approx(expected[1], abs=0.01)
+
+
 def test_unit_text_is_used_when_the_quantity_is_not_ucum(read: Any, fails: Any) -> None:
     text_only = observation(loinc("2276-4"), valueQuantity={"value": 700, "unit": "ng/mL"})
     other_system = observation(
@@ -584,6 +622,64 @@ def test_an_unknown_code_of_our_code_system_is_an_error(fails: Any) -> None:
             "LOINC 2532-0 is ldh, but the iechs code beside it says ferritin",
         )
     ]
+
+
+def test_an_observation_whose_patient_is_unknown_is_refused(read: Any, fails: Any) -> None:
+    """FHIR lets an Observation have no subject. Taking such a ferritin to be this patient's (as
+    iechs once did) could start a treatment on someone else's result: it is refused at its
+    subject. So is a subject that names no resource and no identifier of the Patient. An
+    Observation iechs does not read anyway (sodium) is only reported as ignored."""
+    anonymous = lab("2276-4", 50000, "ng/mL")
+    del anonymous["subject"]
+    assert fails(bundle(anonymous)) == [
+        (
+            "$.entry[2].resource.subject",
+            "an Observation without a subject: iechs cannot tell whose it is; give subject, a "
+            "reference to the Bundle's Patient",
+        )
+    ]
+    sodium = observation(loinc("2951-2", "Sodium"), valueQuantity=quantity(140, "mmol/L"))
+    del sodium["subject"]
+    assert ignored(read(bundle(sodium))) == [
+        ("$.entry[2].resource.code", "the guideline does not read LOINC 2951-2 (Sodium)")
+    ]
+    by_name = {**lab("2276-4", 50000, "ng/mL"), "subject": {"display": "J. Smith"}}
+    [(path, message)] = fails(bundle(by_name))
+    assert path == "$.entry[2].resource.subject"
+    assert "iechs cannot tell whose this is" in message
+    mrn = {"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-4711"}
+    by_identifier = {**lab("2276-4", 50000, "ng/mL"), "subject": {"identifier": mrn}}
+    patient = {**PATIENT, "identifier": [mrn]}
+    assert [e.kind for e in read(bundle(by_identifier, patient=patient)).events] == ["observation"]
+
+
+def test_a_death_before_the_infusion_is_refused(read: Any, fails: Any) -> None:
+    """A patient who died cannot be infused: a Bundle that records both contradicts itself (a
+    wrong date of death, or another patient's record). iechs once dropped such a death silently;
+    now it refuses the Bundle and names both places, so the record is corrected rather than
+    guessed. A death at or after the infusion closes the episode (test_death_closes_the_episode)."""
+    dead = {**PATIENT, "deceasedDateTime": "2025-12-20T00:00:00Z"}
+    assert fails(bundle(patient=dead)) == [
+        (
+            "$.entry[0].resource.deceasedDateTime",
+            "a death at 2025-12-20T00:00:00Z, before the CAR-T infusion at 2026-01-01T10:00:00Z "
+            "($.entry[1].resource.performedDateTime): the Bundle contradicts itself; correct the "
+            "time of death or of the infusion",
+        )
+    ]
+    closed = observation(
+        ours("episode-closed"), "2025-12-31T08:00:00Z", valueCodeableConcept=ours("death")
+    )
+    [(path, message)] = fails(bundle(closed))
+    assert path == "$.entry[2].resource"
+    assert message.startswith("a death at 2025-12-31T08:00:00Z, before the CAR-T infusion")
+    # the Observation closes the episode, the Patient's death is only reported: still refused
+    [(path, _)] = fails(
+        bundle(
+            observation(ours("episode-closed"), valueCodeableConcept=ours("death")), patient=dead
+        )
+    )
+    assert path == "$.entry[0].resource.deceasedDateTime"
 
 
 def test_resources_about_another_patient_are_refused(read: Any, fails: Any) -> None:
@@ -1021,8 +1117,25 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
             "$.entry",
             "the Bundle has no Patient",
         ),
+        (
+            lambda b: b["entry"][0]["resource"].update(deceasedDateTime="2020-05-01T00:00:00Z"),
+            "$.entry[0].resource.deceasedDateTime",
+            "before the CAR-T infusion",
+        ),
+        (
+            lambda b: b["entry"][6]["resource"].pop("subject"),
+            "$.entry[6].resource.subject",
+            "an Observation without a subject",
+        ),
     ],
-    ids=["not-fhir", "unknown-iechs-code", "unknown-unit", "no-patient"],
+    ids=[
+        "not-fhir",
+        "unknown-iechs-code",
+        "unknown-unit",
+        "no-patient",
+        "death-before-infusion",
+        "no-subject",
+    ],
 )
 def test_bad_bundle_exits_2_naming_the_file_and_the_path(
     tmp_path: Path, mutate: Any, place: str, words: str
@@ -1328,6 +1441,13 @@ def test_any_valid_timeline_round_trips_through_a_bundle(
         json.dumps(timeline_to_bundle(timeline, guideline if with_guideline else None))
     )
     Bundle.model_validate(doc)
+    # A death before the infusion: a native timeline only records it, a Bundle is refused (a
+    # Bundle that says so contradicts itself: test_a_death_before_the_infusion_is_refused).
+    died_early = any(
+        isinstance(e, CloseEvent) and e.reason == "death" and e.at < timeline.patient.infusion_at
+        for e in timeline.events
+    )
+    refusals = ("recorded after the episode closed", "a death at")
     try:
         original = [d.to_json() for d in engine.run(timeline).decisions]
     except EpisodeError:  # something after the close: the Bundle is refused at that entry
@@ -1335,8 +1455,14 @@ def test_any_valid_timeline_round_trips_through_a_bundle(
         with pytest.raises(TimelineError) as caught:
             bundle_to_timeline(doc, guideline)
         problems = caught.value.problems
-        assert all(p.message.startswith("recorded after the episode closed") for p in problems)
+        assert all(p.message.startswith(refusals) for p in problems)
         assert all(p.path.startswith("$.entry[") for p in problems)
+        return
+    if died_early:
+        note("refused: a death before the infusion")
+        with pytest.raises(TimelineError) as caught:
+            bundle_to_timeline(doc, guideline)
+        assert any(p.message.startswith("a death at") for p in caught.value.problems)
         return
     note("read back")
     again = bundle_to_timeline(doc, guideline)

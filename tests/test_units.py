@@ -17,7 +17,7 @@ from iechs import Guideline
 from iechs.cli import main
 from iechs.errors import TimelineError
 from iechs.timeline import ObservationEvent, parse_timeline
-from iechs.units import normalise_unit, unit_factor
+from iechs.units import normalise_unit, to_canonical, unit_factor
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
@@ -109,6 +109,27 @@ def test_unit_factor_ignores_table_spellings_ucum_reads_otherwise() -> None:
 
 def test_unit_factor_disagreeing_spellings_decide_nothing() -> None:
     assert unit_factor("ug/L", {"ng/mL": 1.0, "\u00b5g/L": 1.0, "\u03bcg/L": 2.0}) is None
+
+
+def test_ucum_international_unit_is_the_tables_iu() -> None:
+    """UCUM writes the international unit `[IU]` (or `[iU]`); the guideline's table writes the
+    laboratory's `IU/L`. They are one unit: no conversion, a spelling."""
+    table = {"U/L": 1.0, "IU/L": 1.0}
+    assert unit_factor("[IU]/L", table) == 1.0
+    assert unit_factor("[iU]/l", table) == 1.0
+    assert unit_factor("[IU]/mL", table) is None  # not a spelling of a table unit; no factor
+
+
+def test_to_canonical_converts_temperatures_by_ucum() -> None:
+    """A factor cannot say Fahrenheit (its zero is offset): `to_canonical` converts the value,
+    by UCUM, for temperatures only; any other unit goes through `unit_factor`."""
+    table = {"Cel": 1.0, "C": 1.0, "°C": 1.0}
+    assert to_canonical(101.3, "[degF]", table, canonical="Cel") == pytest.approx(38.5)
+    assert to_canonical(311.15, "K", table, canonical="Cel") == pytest.approx(38.0)
+    assert to_canonical(38.5, "\u2103", table, canonical="Cel") == 38.5
+    assert to_canonical(38.5, "mC", table, canonical="Cel") is None  # millicoulomb
+    assert to_canonical(0.9, "mg/L", {"ng/mL": 1.0}) == pytest.approx(900.0)
+    assert to_canonical(1.0, "[degF]", {"ng/mL": 1.0}) is None
 
 
 # --- through the timeline parser -----------------------------------------------------------------

@@ -126,9 +126,33 @@ def _check_vocabulary(g: m.Guideline) -> list[Problem]:
             )
         if did != did.lower():
             problems.append(Problem("drug ids are lower case", f"$.drugs.{did}"))
+    problems += _check_drug_names(g)
     for pid, par in g.parameters.items():
         if par.value < 0:
             problems.append(Problem("parameters are not negative", f"$.parameters.{pid}.value"))
+    return problems
+
+
+def _check_drug_names(g: m.Guideline) -> list[Problem]:
+    """Each RxNorm code and each name (id or synonym) identifies one drug: FHIR medications are
+    matched by them (`iechs.fhir.medications`)."""
+    problems = []
+    codes: dict[str, str] = {}
+    names = {did.lower(): did for did in g.drugs}
+    for did, d in g.drugs.items():
+        for k, code in enumerate(d.rxnorm):
+            path = f"$.drugs.{did}.rxnorm[{k}]"
+            if not code.isascii() or not code.isdigit():
+                problems.append(Problem(f"an RxNorm code (RxCUI) is digits, not {code!r}", path))
+            elif codes.setdefault(code, did) != did:
+                problems.append(Problem(f"RxNorm {code} is also {codes[code]}'s", path))
+        for k, name in enumerate(d.synonyms):
+            path = f"$.drugs.{did}.synonyms[{k}]"
+            key = " ".join(name.lower().split())
+            if not key:
+                problems.append(Problem("a synonym is not empty", path))
+            elif names.setdefault(key, did) != did:
+                problems.append(Problem(f"{name!r} already names {names[key]}", path))
     return problems
 
 

@@ -187,6 +187,13 @@ class DrugClassDef(Citable):
 class DrugDef:
     drug_class: str
     name: str
+    #: RxNorm ingredient codes (RxCUI of term type IN) of the drug: a FHIR medication coded with
+    #: one of them is this drug. Clinical and branded drug codes (SCD, SBD) are not listed; a
+    #: medication coded with one is read by its name.
+    rxnorm: tuple[str, ...] = ()
+    #: other names that identify this drug alone (brand names such as Kineret), matched in a
+    #: medication's text as whole words, like the drug's id.
+    synonyms: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -8,7 +8,8 @@ unit as written, in three steps, the first that answers winning:
 2. the unit and the table's spellings both normalised (`normalise_unit`): Unicode NFKC, the micro
    sign (U+00B5) and the Greek mu (U+03BC) as UCUM's `u`, no spaces, `10^N` and a superscript
    `10⁹` as UCUM's `10*N`, and the litre `l` as `L` (UCUM has both spellings of the litre; every
-   other symbol keeps its case: `U`, the enzyme unit, is not `u`);
+   other symbol keeps its case: `U`, the enzyme unit, is not `u`); UCUM's international unit
+   `[IU]` (or `[iU]`) also matches a table's `IU`, as `[IU]/L` matches `IU/L`;
 3. a conversion by UCUM (the `ucumvert` library: a UCUM grammar over pint, with UCUM's own unit
    definitions) from the unit to a unit of the table, times that unit's factor: mg/L -> ng/mL
    x 1000, g/dL -> mg/dL x 1000, /uL or /mm3 -> 10*9/L x 0.001, ukat/L -> U/L x 60 (UCUM: U =
@@ -20,7 +21,9 @@ takes a table unit as a target only when UCUM reads it as the guideline does: co
 the canonical unit and with the same factor (a table spelling UCUM reads otherwise, such as `C`
 for Celsius, which UCUM reads as the coulomb, is no target), or differing from the canonical unit
 exactly by substance/mass (a molar entry, whose factor the guideline supplies). Conversions that
-are not a plain factor (Cel, [degF], K: offset units) are never made. A bare `u` (UCUM's unified
+are not a plain factor (Cel, [degF], K: offset units) have no factor: `unit_factor` never makes
+them, and `to_canonical`, which converts a value, makes them by UCUM for temperatures only
+(101.3 [degF] -> 38.5 Cel). A bare `u` (UCUM's unified
 atomic mass unit, e.g. `u/l`) is refused: no laboratory reports daltons per litre, and it is
 nearly always a mis-cased `U`. So is a bare number as a factor (`109/L` is 109 per litre in
 UCUM, and nearly always `10⁹/L` that lost its superscript when copied).
@@ -38,7 +41,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["normalise_unit", "unit_factor"]
+__all__ = ["normalise_unit", "to_canonical", "unit_factor"]
 
 _SUPERSCRIPT = "⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺"
 _SUPERSCRIPT_DIGITS = str.maketrans(_SUPERSCRIPT, "0123456789-+")
@@ -53,6 +56,8 @@ _BARE_U = re.compile(r"(^|[/.])u(?=$|[/.0-9+-])")
 #: a number standing as a factor of its own, such as the 109 of `109/L` (not `10*9`, not the
 #: exponent of `mm3`).
 _BARE_NUMBER = re.compile(r"(^|[/.(])[0-9]+(?=$|[/.)])")
+#: UCUM's international unit, which a table may spell `IU` (not a UCUM symbol).
+_INTERNATIONAL_UNIT = re.compile(r"\[[Ii]U\]")
 #: factors are rounded to this many significant digits (binary floating point gives
 #: 999.9999999999999 for mg/L -> ng/mL).
 _DIGITS = 12
@@ -87,13 +92,51 @@ def unit_factor(
     return _factor(unit, tuple(accepted.items()), canonical)
 
 
+def to_canonical(
+    value: float, unit: str, accepted: Mapping[str, float], *, canonical: str | None = None
+) -> float | None:
+    """`value` in `unit` converted to the canonical unit, or None if the unit is unknown.
+
+    By `unit_factor`; else, for a temperature on another scale (UCUM's [degF] or K, whose zero
+    is offset from Celsius), by UCUM's own conversion to the canonical unit.
+    """
+    factor = unit_factor(unit, accepted, canonical=canonical)
+    if factor is not None:
+        return value * factor
+    if canonical is None:
+        canonical = next((key for key, f in accepted.items() if f == 1), None)
+    if canonical is None:
+        return None
+    return _temperature(value, normalise_unit(unit), normalise_unit(canonical))
+
+
+def _temperature(value: float, unit: str, canonical: str) -> float | None:
+    source, target = _ucum(unit), _ucum(canonical)
+    if source is None or target is None:
+        return None
+    registry = _registry()
+    temperature = registry.get_dimensionality("[temperature]")
+    if source.dimensionality != temperature or target.dimensionality != temperature:
+        return None
+    try:
+        converted = float(registry.Quantity(value, source.units).to(target.units).magnitude)
+    except Exception:  # pint's own errors: no conversion
+        return None
+    return float(f"{converted:.{_DIGITS}g}") if math.isfinite(converted) else None
+
+
+def _spelling(norm: str) -> str:
+    """A normalised unit as the guideline's tables may spell it (`[IU]/L` -> `IU/L`)."""
+    return _INTERNATIONAL_UNIT.sub("IU", norm)
+
+
 @lru_cache(maxsize=4096)
 def _factor(unit: str, table: tuple[tuple[str, float], ...], canonical: str | None) -> float | None:
     norm = normalise_unit(unit)
     spelled: dict[str, set[float]] = {}
     for key, factor in table:
-        spelled.setdefault(normalise_unit(key), set()).add(factor)
-    factors = spelled.get(norm)
+        spelled.setdefault(_spelling(normalise_unit(key)), set()).add(factor)
+    factors = spelled.get(_spelling(norm))
     if factors is not None:
         # two spellings of the table that normalise alike but disagree: the table decides nothing
         return next(iter(factors)) if len(factors) == 1 else None

@@ -30,7 +30,6 @@ __all__ = [
     "SYSTEM",
     "UCUM",
     "UCUM_SPELLING",
-    "UCUM_TO_GUIDELINE",
     "VALUE_DISPLAY",
     "VALUE_SETS",
     "VITAL_SIGNS",
@@ -59,13 +58,10 @@ EXT_COSTIMULATORY_DOMAIN = "https://iechs.dev/fhir/StructureDefinition/car-costi
 #: LOINC codes of the patient's age and body weight (read into `patient.age_years`/`weight_kg`).
 AGE_LOINC = "30525-0"
 WEIGHT_LOINC = "29463-7"
-#: UCUM unit -> factor to years / kilograms.
+#: The units of age and body weight, as tables for `iechs.units.unit_factor` (UCUM unit ->
+#: factor to years / kilograms); another UCUM unit of time or mass is converted by UCUM.
 AGE_UNITS = {"a": 1.0, "mo": 1 / 12}
 WEIGHT_UNITS = {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237}
-
-#: UCUM codes the guideline's accepted units spell differently (UCUM -> guideline spelling).
-#: Every other UCUM code is looked up among the guideline's accepted units as it is.
-UCUM_TO_GUIDELINE = {"[IU]/L": "IU/L", "/nL": "10^9/L", "10*3/mm3": "10^3/uL"}
 #: Guideline spellings that are not UCUM (guideline spelling -> UCUM), for the Bundle writer.
 UCUM_SPELLING = {
     "10^9/L": "10*9/L",

@@ -51,11 +51,12 @@ assessment.infection          also Condition coded iechs#infection: verification
 finding                       Observation iechs#<finding> (e.g. iechs#hemophagocytosis),
   code, present, grade        valueBoolean = present, component iechs#ctcae-grade valueInteger
 treatment.drug                MedicationAdministration.medicationCodeableConcept, or the
-                              Medication its medicationReference names (an entry or contained),
-                              or the reference's display: the text or coding display that names
-                              a guideline drug, else the text, else the first display
-treatment.dose, .unit         dosage.dose: value; UCUM code, else unit text
-treatment.route               dosage.route: text, else a coding's display, else its code
+  .dose, .unit, .route        Medication its medicationReference names (an entry or contained),
+                              or the reference's display; dosage.dose and dosage.route. Read by
+                              `iechs.fhir.medications`, as order-sign reads draft orders: an
+                              RxNorm ingredient code of a guideline drug, else the drug's name
+                              or a synonym as a word of the text ("dexamethasone 4 MG/ML
+                              Injectable Solution" is dexamethasone), else the text as written
 treatment.indication          reasonCode iechs#iec_hs, #crs, #icans, #infection or #other
 treatment.at                  effectiveDateTime (or effectivePeriod.start)
 response                      Observation iechs#response, valueCodeableConcept iechs#improving,
@@ -65,30 +66,39 @@ close                         Observation iechs#episode-closed, valueCodeableCon
                               Patient.deceasedDateTime (reason death) if there is no such
                               Observation
 
-UCUM units are matched against the guideline's accepted units; where the guideline spells a unit
-otherwise they are mapped explicitly: `[IU]/L` -> IU/L, `/nL` -> 10^9/L, `10*3/mm3` -> 10^3/uL,
-`[degF]` -> Cel ((F - 32) x 5/9); weight `g`, `[lb_av]` -> kg; age `mo` -> years.
+Units are read by `iechs.units`, as in a native timeline: the guideline's accepted units in any
+spelling UCUM allows (`ng/ml`, `ug/l`, `mg/dl`, `10*9/l`, `[IU]/L`) and any unit UCUM converts to
+one of them (ferritin in mg/L, AST in ukat/L, platelets per uL or nL); a temperature in `[degF]`
+is converted to Cel; weight `g`, `[lb_av]` -> kg; age `mo` (or any UCUM time) -> years.
 
 What is wrong and what is ignored. A `TimelineError` (exit 2, naming the file and the JSON
 path) when the Bundle would give a wrong timeline: not valid FHIR R4 (per fhir.resources); no
 Patient, several, or none with an id; no CAR-T infusion, or several; a resource about another
-patient; a code of the iechs CodeSystem that does not exist or does not fit where it stands
-(e.g. `iechs#crs-grad`); a value of the wrong type for an iechs concept; a LOINC code that names
+patient, or whose patient iechs cannot check: an Observation without a subject (FHIR allows one,
+but a laboratory value of unknown provenance must not decide for this patient), a subject with no
+reference and no identifier of the Patient; a death (Patient.deceasedDateTime, or an
+episode-closed Observation with reason death) before the CAR-T infusion, which contradicts it; a
+code of the iechs CodeSystem that does not exist or does not fit where it stands (e.g.
+`iechs#crs-grad`); a value of the wrong type for an iechs concept; a LOINC code that names
 another observation than the iechs code beside it; a known laboratory value without a time or
 unit, or with a unit or value the guideline rejects; a time without a time of day; a
-MedicationAdministration without a drug name or time; an infection Condition without a
-verification status; a status outside FHIR's codes; an event after the episode closed (a
-close before the infusion is only recorded, as the engine records any event before it).
+MedicationAdministration without a drug name or time, or whose codes and names disagree on the
+drug (`iechs.fhir.medications`); an infection Condition without a verification status; a status
+outside FHIR's codes; an event after the episode closed (any other close before the infusion is
+only recorded, as the engine records any event before it).
 Everything iechs has no use for is kept in `Timeline.ignored` (path and reason) and printed by
-`iechs run`: resource types it does not read (Encounter, DiagnosticReport, ...), Observations of
-codes the guideline does not read (e.g. sodium, LOINC 2951-2), Conditions and Procedures other
-than the infection and the infusion, entries whose status voids them (not-done,
-entered-in-error, cancelled, registered, preparation), laboratory results without a number or
-with a comparator (`>100000` is a bound, not a value: the engine treats it as missing and says
-so), a reasonCode outside the iechs CodeSystem or a reasonReference (the engine infers the
-indication, unless an iechs reasonCode gives it), a second iechs indication, components outside
-the iechs CodeSystem, body weights and ages other than the one used, a birthDate that is not a
-full date, Medications no administration refers to.
+`iechs run`: resource types it does not read (Encounter, DiagnosticReport, ...); a
+MedicationRequest (an order) or a MedicationStatement (a report that a drug is or was taken),
+which records no dose given at a time (the report names the drug, and says so when it is one of
+the guideline's: chart its doses as MedicationAdministration); Observations of codes the
+guideline does not read (e.g. sodium, LOINC 2951-2), Conditions and Procedures other than the
+infection and the infusion, entries whose status voids them (not-done, entered-in-error,
+cancelled, registered, preparation), laboratory results without a number or with a comparator
+(`>100000` is a bound, not a value: the engine treats it as missing and says so), a reasonCode
+outside the iechs CodeSystem or a reasonReference (the engine infers the indication, unless an
+iechs reasonCode gives it), a second iechs indication, components outside the iechs CodeSystem,
+body weights and ages other than the one used, a birthDate that is not a full date, Medications
+no administration refers to.
 
 `timeline_to_bundle` writes the reverse: a `collection` Bundle (validated by fhir.resources),
 deterministic (ids derive from the patient id and entry order; no clock). Reading it back gives
@@ -114,6 +124,8 @@ from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medication import Medication
 from fhir.resources.R4B.medicationadministration import MedicationAdministration
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.procedure import Procedure
@@ -137,6 +149,7 @@ from ..timeline import (
     format_time,
     parse_timeline,
 )
+from ..units import to_canonical, unit_factor
 from .codes import (
     AGE_LOINC,
     AGE_UNITS,
@@ -151,7 +164,6 @@ from .codes import (
     PATIENT_ID_SYSTEM,
     SYSTEM,
     UCUM,
-    UCUM_TO_GUIDELINE,
     VALUE_DISPLAY,
     VALUE_SETS,
     VITAL_SIGNS,
@@ -161,6 +173,7 @@ from .codes import (
     observation_codes,
     ucum_of,
 )
+from .medications import Formulary, MedicationRead, read_medication, source_of
 
 __all__ = ["FHIR_PACKAGE", "bundle_to_timeline", "timeline_to_bundle"]
 
@@ -290,6 +303,18 @@ def _shown(cc: CodeableConcept | None) -> str:
     return ", ".join(names)
 
 
+def _named(medication: MedicationRead) -> str:
+    """What a medication names, for a report."""
+    if medication.drug is None:
+        return "it names no drug iechs can read"
+    if medication.formulary:
+        return (
+            f"it names {medication.drug}, a drug of the guideline: if it was given, record the "
+            "dose as a MedicationAdministration"
+        )
+    return f"it names {medication.drug!r}"
+
+
 def _status(cc: CodeableConcept | None, system: str) -> str | None:
     """The code of a status concept in its HL7 code system."""
     for coding in cc.coding or [] if cc is not None else []:
@@ -351,6 +376,8 @@ class _Reader:
         self.weights: list[_Candidate] = []
         self.medications: dict[str, int] = {}
         self.used_medications: set[int] = set()
+        self.formulary = Formulary.of(g)
+        self.patient_identifiers: set[tuple[str | None, str]] = set()
         self.birth: tuple[object, str] = (None, "")
         self.deceased: tuple[object, bool | None, str] = (None, None, "")
 
@@ -380,7 +407,19 @@ class _Reader:
         return code
 
     def subject(self, ref: Reference | None, path: str) -> None:
-        if ref is None or not ref.reference:
+        """A resource about another patient than the Bundle's, or about a subject iechs cannot
+        check (no reference, and no identifier of the Patient), is refused."""
+        if ref is None:
+            return
+        if not ref.reference:
+            x = ref.identifier
+            if x is not None and x.value and (x.system, x.value) in self.patient_identifiers:
+                return
+            self.problem(
+                "the subject names no resource (no reference) nor an identifier of the Bundle's "
+                "Patient: iechs cannot tell whose this is",
+                f"{path}.subject",
+            )
             return
         target = ref.reference
         if target in self.patient_refs or any(
@@ -422,6 +461,9 @@ class _Reader:
             elif isinstance(res, MedicationAdministration):
                 self.subject(res.subject, path)
                 self.read_administration(i, res, path, entries)
+            elif isinstance(res, MedicationStatement | MedicationRequest):
+                self.subject(res.subject, path)
+                self.read_not_given(i, res, path, entries)
             elif isinstance(res, Procedure):
                 self.subject(res.subject, path)
                 self.read_procedure(i, res, path)
@@ -477,6 +519,7 @@ class _Reader:
             self.problem("the Patient has no id and no identifier", path)
             pid = None
         self.patient["id"] = pid
+        self.patient_identifiers.update((x.system, x.value) for _, x in identifiers if x.value)
         self.patient_refs.update(
             r for r in (full_url, f"Patient/{res.id}" if res.id else None) if r
         )
@@ -501,26 +544,46 @@ class _Reader:
         if when is None and not dead:
             return
         assert self.patient_entry is not None
+        at = None
+        if when is not None:
+            at = _utc(when, f"{path}.deceasedDateTime", self.problems)
+            if at is None:
+                return
+            if datetime.fromisoformat(at) < infusion:
+                # A patient who died cannot be infused: a Bundle that says both is wrong, and
+                # iechs will not guess which time is (nor drop the death, as it once did).
+                self.problem(
+                    self.died_before(datetime.fromisoformat(at), infusion),
+                    f"{path}.deceasedDateTime",
+                )
+                return
         if self.closed_by is not None:
             self.ignore(
                 self.patient_entry,
                 f"the episode-closed Observation $.entry[{self.closed_by}] closes the episode",
                 f"{path}.deceased{'DateTime' if when is not None else 'Boolean'}",
             )
-        elif when is None:
+        elif at is None:
             self.problem(
                 "deceasedBoolean is true but no time says when: give deceasedDateTime or an "
                 f"Observation {SYSTEM}#episode-closed",
                 f"{path}.deceasedBoolean",
             )
         else:
-            at = _utc(when, f"{path}.deceasedDateTime", self.problems)
-            if at is not None:
-                self.add_event(
-                    self.patient_entry,
-                    {"at": at, "kind": "close", "reason": "death"},
-                    {"": f"{path}.deceasedDateTime"},
-                )
+            self.add_event(
+                self.patient_entry,
+                {"at": at, "kind": "close", "reason": "death"},
+                {"": f"{path}.deceasedDateTime"},
+            )
+
+    def died_before(self, at: datetime, infusion: datetime) -> str:
+        """Why a death recorded before the infusion is refused."""
+        where = self.places.get("$.patient.infusion_at", "$")
+        return (
+            f"a death at {format_time(at)}, before the CAR-T infusion at {format_time(infusion)} "
+            f"({where}): the Bundle contradicts itself; correct the time of death or of the "
+            "infusion"
+        )
 
     def choose(
         self, field: str, candidates: list[_Candidate], what: str, infusion: datetime
@@ -610,6 +673,15 @@ class _Reader:
             return
         identified = self.identify(i, res, path)
         if identified is None:
+            return
+        if res.subject is None:
+            # FHIR lets an Observation have no subject (a device's, a group's); iechs will not
+            # take one to be the Patient's: a ferritin of someone else would decide for them.
+            self.problem(
+                "an Observation without a subject: iechs cannot tell whose it is; give subject, "
+                "a reference to the Bundle's Patient",
+                f"{path}.subject",
+            )
             return
         code, loinc, code_path = identified
         baseline = any(
@@ -757,11 +829,13 @@ class _Reader:
         if measured is None:
             return
         value, unit, unit_path = measured
-        accepted = self.g.observations[code].units
-        if unit not in accepted and UCUM_TO_GUIDELINE.get(unit) in accepted:
-            unit = UCUM_TO_GUIDELINE[unit]
-        elif unit == "[degF]" and "Cel" in accepted:
-            value, unit = (value - 32) * 5 / 9, "Cel"
+        # Units are read by `iechs.units` (in `parse_timeline`); only a temperature on another
+        # scale ([degF]), which no factor converts, is converted here, by the same module.
+        obs = self.g.observations[code]
+        if unit_factor(unit, obs.units, canonical=obs.unit) is None:
+            converted = to_canonical(value, unit, obs.units, canonical=obs.unit)
+            if converted is not None:
+                value, unit = converted, obs.unit
         value_path = f"{path}.valueQuantity.value"
         if baseline:
             if code in self.patient["baseline"]:
@@ -793,14 +867,14 @@ class _Reader:
             if loinc == AGE_LOINC
             else (WEIGHT_UNITS, "body weight", self.weights)
         )
-        if unit not in units:
+        factor = unit_factor(unit, units)  # by UCUM: `wk` is an age too
+        if factor is None:
             self.problem(f"unknown unit {unit!r} for {what} (UCUM: {', '.join(units)})", unit_path)
             return
         at = None
         if res.effectiveDateTime is not None:
             at_text = _utc(res.effectiveDateTime, f"{path}.effectiveDateTime", self.problems)
             at = datetime.fromisoformat(at_text) if at_text else None
-        factor = units[unit]
         value = value if factor == 1 else value * factor
         into.append(_Candidate(i, at, value, f"{path}.valueQuantity.value"))
 
@@ -945,7 +1019,11 @@ class _Reader:
                 f"{res.status!r} is not a MedicationAdministration status", f"{path}.status"
             )
             return
-        drug = self.drug(res, path, entries)
+        medication = read_medication(
+            source_of(res, path, lambda target: self.find_medication(target, entries, True)),
+            self.formulary,
+        )
+        self.problems += medication.problems
         if res.effectiveDateTime is not None:
             at = _utc(res.effectiveDateTime, f"{path}.effectiveDateTime", self.problems)
             at_path = f"{path}.effectiveDateTime"
@@ -955,29 +1033,10 @@ class _Reader:
         else:
             self.problem("the MedicationAdministration needs effectiveDateTime", path)
             return
-        if drug is None or at is None:
+        if medication.problems or medication.drug is None or at is None:
             return
-        data: dict[str, Any] = {"at": at, "kind": "treatment", "drug": drug[0]}
-        places = {"": path, "at": at_path, "drug": drug[1]}
-        dosage = res.dosage
-        if dosage is not None and dosage.dose is not None:
-            dose_path = f"{path}.dosage.dose"
-            if dosage.dose.value is not None:
-                data["dose"] = float(dosage.dose.value)
-                places["dose"] = f"{dose_path}.value"
-            unit = _quantity_unit(dosage.dose)
-            if unit is not None:
-                data["unit"] = unit
-                places["unit"] = _unit_path(dosage.dose, dose_path)
-        if dosage is not None and dosage.route is not None:
-            route = dosage.route
-            names = [*_texts(route, f"{path}.dosage.route")] + [
-                (c.code, f"{path}.dosage.route.coding[{k}].code")
-                for k, c in enumerate(route.coding or [])
-                if c.code
-            ]
-            if names:
-                data["route"], places["route"] = names[0]
+        data: dict[str, Any] = {"at": at, "kind": "treatment", **medication.as_event()}
+        places = {"": path, "at": at_path, **medication.places}
         self.read_reasons(i, res, path, data, places)
         self.add_event(i, data, places)
 
@@ -1016,50 +1075,42 @@ class _Reader:
                 i, f"iechs does not follow reasonReference: {then}", f"{path}.reasonReference[{k}]"
             )
 
-    def drug(
-        self, res: MedicationAdministration, path: str, entries: Sequence[Any]
-    ) -> tuple[str, str] | None:
-        """The drug's name and its path: a name the guideline knows if one is given."""
-        names = _texts(res.medicationCodeableConcept, f"{path}.medicationCodeableConcept")
-        ref = res.medicationReference
-        if res.medicationCodeableConcept is None and ref is not None:
-            med, med_path = self.medication(ref.reference, res, path, entries)
-            if med is not None:
-                names = _texts(med.code, f"{med_path}.code")
-            if not names and ref.display:
-                names = [(ref.display, f"{path}.medicationReference.display")]
-            if med is None and not names:
-                self.problem(
-                    f"no Medication {ref.reference!r} in the Bundle or contained",
-                    f"{path}.medicationReference",
-                )
-                return None
-        if not names:
-            self.problem(
-                "name the drug: medicationCodeableConcept.text or a coding's display",
-                f"{path}.medicationCodeableConcept",
-            )
+    def find_medication(
+        self, target: str, entries: Sequence[Any], used: bool
+    ) -> tuple[Medication, str] | None:
+        """The Medication entry of the Bundle a reference names (`Medication/id` or its
+        fullUrl), with its path; `used`: an administration uses it (not reported as unused)."""
+        j = self.medications.get(target)
+        if j is None:
             return None
-        known = [(n, p) for n, p in names if n.strip().lower() in self.g.drugs]
-        return (known or names)[0]
-
-    def medication(
-        self, target: str | None, res: MedicationAdministration, path: str, entries: Sequence[Any]
-    ) -> tuple[Medication | None, str]:
-        """The Medication a reference names: contained (`#id`) or an entry of the Bundle."""
-        if target is None:
-            return None, path
-        if target.startswith("#"):
-            for k, contained in enumerate(res.contained or []):
-                if isinstance(contained, Medication) and contained.id == target[1:]:
-                    return contained, f"{path}.contained[{k}]"
-        elif target in self.medications:
-            j = self.medications[target]
+        if used:
             self.used_medications.add(j)
-            med = entries[j].resource
-            assert isinstance(med, Medication)
-            return med, _entry(j)
-        return None, path
+        med = entries[j].resource
+        assert isinstance(med, Medication)
+        return med, _entry(j)
+
+    def read_not_given(
+        self,
+        i: int,
+        res: MedicationStatement | MedicationRequest,
+        path: str,
+        entries: Sequence[Any],
+    ) -> None:
+        """A MedicationRequest (an order) or a MedicationStatement (a drug is or was taken)
+        records no dose given at a time: it is reported as ignored, naming its drug, so that a
+        drug of the guideline charted only that way is seen, not silently dropped."""
+        medication = read_medication(
+            source_of(res, path, lambda target: self.find_medication(target, entries, False)),
+            self.formulary,
+        )
+        kind = res.get_resource_type()
+        what = "an order" if isinstance(res, MedicationRequest) else "a report of a drug taken"
+        self.ignore(
+            i,
+            f"a {kind} is {what}, not a dose given: iechs reads doses from "
+            f"MedicationAdministration ({_named(medication)})",
+            path,
+        )
 
     # -- the timeline --
 
@@ -1087,12 +1138,15 @@ class _Reader:
             ) from None
         # An episode takes nothing after its close: say where, as the Bundle has it (the engine
         # would name `$.events[i]`). A close before the infusion, like any event then, is only
-        # recorded, as in a native timeline.
+        # recorded, as in a native timeline; but a death before it is a contradiction.
         closed: str | None = None
         problems: list[Problem] = []
+        infusion = timeline.patient.infusion_at
         for event, n in zip(timeline.events, timeline.positions, strict=True):
             where = self.events[n].places[""]
-            if closed is not None:
+            if isinstance(event, CloseEvent) and event.reason == "death" and event.at < infusion:
+                problems.append(Problem(self.died_before(event.at, infusion), where))
+            elif closed is not None:
                 problems.append(Problem(f"recorded after the episode closed ({closed})", where))
             elif isinstance(event, CloseEvent) and event.at >= timeline.patient.infusion_at:
                 closed = f"{format_time(event.at)}, {where}"

@@ -4,28 +4,31 @@ engine's treatment events, so that the engine itself says what signing them woul
 Each `MedicationRequest` (other resource types are not this guideline's business) becomes one
 `treatment` event at the hook's time:
 
-- drug: `medicationCodeableConcept` (text, a coding's display, or its code), else the
-  Medication that `medicationReference` points to (contained, or another entry of the Bundle),
-  else the reference's display. A name the guideline knows is preferred, then a name that
-  contains one as a word (RxNorm's `Tocilizumab 20 MG/ML Injectable Solution` is tocilizumab).
-- dose, unit: `dosageInstruction[0].doseAndRate[0].doseQuantity` (value; UCUM code, else the
-  unit's text).
-- route: `dosageInstruction[0].route` (text, a coding's display, or its code).
+- drug, dose, unit, route: read by `iechs.fhir.medications`, the reader `iechs run` uses for a
+  Bundle's MedicationAdministration, so that one medication is one drug through either door: an
+  RxNorm ingredient code of a guideline drug, else the drug's name or a synonym (a brand name the
+  guideline lists) as a word of the text (RxNorm's `Tocilizumab 20 MG/ML Injectable Solution` is
+  tocilizumab), else the name as written. `medicationCodeableConcept`, else the Medication that
+  `medicationReference` points to (contained, or another entry of the Bundle), else the
+  reference's display. Dose `dosageInstruction[0].doseAndRate[0].doseQuantity` (value; UCUM
+  code, else the unit's text); route `dosageInstruction[0].route`. These parts are validated as
+  fhir.resources R4B models; the rest of a draft is not (a draft may lack what a signed order
+  has, such as its subject).
 - indication: the first `reasonCode` coding of the iechs CodeSystem (`iec_hs`, `crs`, `icans`,
   `infection`, `other`); without one the engine infers it, as for a recorded treatment.
 
 Orders whose status voids them (`cancelled`, `entered-in-error`, `stopped`) are skipped. The
 orders are signed together, as one order set: they are stepped in the guideline's order
 (`timeline.canonical_order`: antimicrobials before the immunosuppression they go alongside, a
-corticosteroid before an IL-6 blocker), so the Bundle's order never changes the answer.
+corticosteroid before an IL-6 blocker), so the Bundle's order never changes the answer. Every
+refusal is a 400 naming the JSON path of the field at fault.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 import attrs
 
@@ -34,6 +37,12 @@ from ..model import Guideline
 from ..timeline import Indication, TreatmentEvent, canonical_order, format_time, parse_event
 from .errors import bad_request
 
+if TYPE_CHECKING:  # the FHIR models load on the first order read (about a second)
+    from fhir.resources.R4B.medication import Medication
+    from pydantic import BaseModel
+
+    from ..fhir.medications import Formulary, MedicationRead
+
 __all__ = ["IECHS_SYSTEM", "DraftOrder", "read_draft_orders"]
 
 #: The project's FHIR CodeSystem: the same URL as `iechs.fhir.codes.SYSTEM` (a test holds them
@@ -41,14 +50,7 @@ __all__ = ["IECHS_SYSTEM", "DraftOrder", "read_draft_orders"]
 IECHS_SYSTEM = "https://iechs.dev/fhir/CodeSystem/iechs"
 _INDICATIONS: tuple[str, ...] = get_args(Indication)
 _VOID = frozenset({"cancelled", "entered-in-error", "stopped"})
-#: treatment field -> where it comes from in the MedicationRequest (for messages).
-_FIELD_PATH = {
-    "drug": ".medicationCodeableConcept",
-    "dose": ".dosageInstruction[0].doseAndRate[0].doseQuantity.value",
-    "unit": ".dosageInstruction[0].doseAndRate[0].doseQuantity.unit",
-    "route": ".dosageInstruction[0].route",
-    "indication": ".reasonCode",
-}
+_Model = TypeVar("_Model", bound="BaseModel")
 
 
 @attrs.frozen
@@ -104,30 +106,24 @@ def _kind(value: Any) -> str:
     return "an object"
 
 
-def _concept_names(value: Any, path: str) -> list[str]:
-    """Names in a CodeableConcept, in order: text, then each coding's display, then its code."""
+def _validated(cls: type[_Model], value: Any, path: str) -> _Model | None:
+    """`value` (a JSON object, or absent) as a fhir.resources model; a 400 naming the invalid
+    place otherwise."""
+    from pydantic import ValidationError  # noqa: PLC0415 - with the FHIR models, on first use
+
     if value is None:
-        return []
-    concept = _object(value, path)
-    names = [_text(concept.get("text"), f"{path}.text")]
-    codings = [
-        _object(c, f"{path}.coding[{k}]")
-        for k, c in enumerate(_list(concept.get("coding"), f"{path}.coding"))
-    ]
-    names += [_text(c.get("display"), f"{path}.coding[{k}].display") for k, c in enumerate(codings)]
-    names += [_text(c.get("code"), f"{path}.coding[{k}].code") for k, c in enumerate(codings)]
-    return [n for n in names if n]
-
-
-def _contained_drug(name: str, g: Guideline) -> str | None:
-    """The guideline drug that `name` contains as a word (the longest, if several)."""
-    text = name.lower()
-    hits = [
-        drug
-        for drug in g.drugs
-        if re.search(rf"(?<![\w-]){re.escape(drug)}(?![\w])", text) is not None
-    ]
-    return max(hits, key=len) if hits else None
+        return None
+    data = _object(value, path)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = path + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        raise bad_request(
+            where, f"not valid FHIR R4: {error['msg'].removeprefix('Value error, ')}"
+        ) from None
+    except (KeyError, ValueError, TypeError) as exc:  # e.g. an unknown type in `contained`
+        raise bad_request(path, f"not valid FHIR R4: {exc}") from None
 
 
 class _Reader:
@@ -141,6 +137,9 @@ class _Reader:
             _object(e, f"{root}.entry[{i}]")
             for i, e in enumerate(_list(bundle.get("entry"), f"{root}.entry"))
         ]
+        from ..fhir.medications import Formulary  # noqa: PLC0415 - loads the FHIR models
+
+        self.formulary: Formulary = Formulary.of(g)
 
     def orders(self, at: datetime) -> list[DraftOrder]:
         found: list[DraftOrder] = []
@@ -174,18 +173,9 @@ class _Reader:
             )
 
     def order(self, resource: Mapping[str, Any], path: str, at: datetime) -> DraftOrder:
-        data: dict[str, Any] = {
-            "at": format_time(at),
-            "kind": "treatment",
-            "drug": self.drug(resource, path),
-        }
-        dosage = _list(resource.get("dosageInstruction"), f"{path}.dosageInstruction")
-        if dosage:
-            first = _object(dosage[0], f"{path}.dosageInstruction[0]")
-            data.update(self.dose(first, f"{path}.dosageInstruction[0]"))
-            routes = _concept_names(first.get("route"), f"{path}.dosageInstruction[0].route")
-            if routes:
-                data["route"] = routes[0]
+        medication = self.medication(resource, path)
+        data: dict[str, Any] = {"at": format_time(at), "kind": "treatment"}
+        data.update(medication.as_event())
         indication = self.indication(resource, path)
         if indication is not None:
             data["indication"] = indication
@@ -194,81 +184,95 @@ class _Reader:
         except TimelineError as exc:
             first_problem = exc.problems[0]
             field = first_problem.path.removeprefix("$.").split(".")[0]
-            raise bad_request(path + _FIELD_PATH.get(field, ""), first_problem.message) from None
+            where = medication.places.get(field, f"{path}.reasonCode" if field else path)
+            raise bad_request(where, first_problem.message) from None
         assert isinstance(event, TreatmentEvent)
         rid = resource.get("id")
         reference = f"MedicationRequest/{rid}" if isinstance(rid, str) and rid else None
         return DraftOrder(path, reference, event)
 
-    def drug(self, resource: Mapping[str, Any], path: str) -> str:
-        names = _concept_names(
-            resource.get("medicationCodeableConcept"), f"{path}.medicationCodeableConcept"
-        )
-        ref = resource.get("medicationReference")
-        if not names and ref is not None:
-            ref = _object(ref, f"{path}.medicationReference")
-            target = _text(ref.get("reference"), f"{path}.medicationReference.reference")
-            medication = self.medication(resource, target, path) if target else None
-            if medication is not None:
-                names = _concept_names(medication[0].get("code"), f"{medication[1]}.code")
-            display = _text(ref.get("display"), f"{path}.medicationReference.display")
-            if display:
-                names.append(display)
-        if not names:
-            raise bad_request(
-                f"{path}.medicationCodeableConcept",
-                "a MedicationRequest names its drug (medicationCodeableConcept text, coding "
-                "display or code, or a medicationReference to a Medication with a code)",
-            )
-        known = [n for n in names if self.g.drug_class_of(n) is not None]
-        if known:
-            return known[0]
-        for name in names:  # e.g. RxNorm's "Tocilizumab 20 MG/ML Injectable Solution"
-            found = _contained_drug(name, self.g)
-            if found is not None:
-                return found
-        return names[0]
+    def medication(self, resource: Mapping[str, Any], path: str) -> MedicationRead:
+        """The drug, dose, unit and route of one order, read as `iechs run` reads a Bundle's."""
+        from fhir.resources.R4B.codeableconcept import CodeableConcept  # noqa: PLC0415
+        from fhir.resources.R4B.dosage import Dosage  # noqa: PLC0415
+        from fhir.resources.R4B.reference import Reference  # noqa: PLC0415
 
-    def medication(
+        from ..fhir.medications import (  # noqa: PLC0415
+            MedicationSource,
+            dosage_parts,
+            read_medication,
+        )
+
+        where = f"{path}.medicationCodeableConcept"
+        concept = _validated(CodeableConcept, resource.get("medicationCodeableConcept"), where)
+        reference = _validated(
+            Reference, resource.get("medicationReference"), f"{path}.medicationReference"
+        )
+        found = None
+        if concept is None and reference is not None and reference.reference:
+            found = self.referenced(resource, reference.reference, path)
+        dosage = None
+        dosages = _list(resource.get("dosageInstruction"), f"{path}.dosageInstruction")
+        dosage_path = f"{path}.dosageInstruction[0]"
+        if dosages:
+            first = _object(dosages[0], dosage_path)
+            self.check_dose_value(first, dosage_path)
+            dosage = _validated(Dosage, first, dosage_path)
+        dose, dose_path, route, route_path = dosage_parts(dosage, dosage_path)
+        source = MedicationSource(
+            kind="MedicationRequest",
+            path=path,
+            concept=concept,
+            medication=found,
+            reference=reference,
+            dose=dose,
+            dose_path=dose_path,
+            route=route,
+            route_path=route_path,
+        )
+        read = read_medication(source, self.formulary)
+        if read.problems:
+            problem = read.problems[0]
+            raise bad_request(problem.path, problem.message)
+        return read
+
+    def referenced(
         self, resource: Mapping[str, Any], target: str, path: str
-    ) -> tuple[Mapping[str, Any], str] | None:
+    ) -> tuple[Medication, str] | None:
+        """The Medication a reference names: contained (`#id`) or an entry of the Bundle."""
+        from fhir.resources.R4B.medication import Medication  # noqa: PLC0415
+
         if target.startswith("#"):
             for k, item in enumerate(_list(resource.get("contained"), f"{path}.contained")):
-                contained = _object(item, f"{path}.contained[{k}]")
+                where = f"{path}.contained[{k}]"
+                contained = _object(item, where)
                 if contained.get("id") == target[1:]:
-                    return contained, f"{path}.contained[{k}]"
+                    medication = _validated(Medication, contained, where)
+                    return (medication, where) if medication is not None else None
             return None
         for i, entry in enumerate(self.entries):
             other = entry.get("resource")
             if not isinstance(other, Mapping) or other.get("resourceType") != "Medication":
                 continue
             if target in (entry.get("fullUrl"), f"Medication/{other.get('id')}"):
-                return other, f"{self.root}.entry[{i}].resource"
+                where = f"{self.root}.entry[{i}].resource"
+                medication = _validated(Medication, other, where)
+                return (medication, where) if medication is not None else None
         return None
 
-    def dose(self, dosage: Mapping[str, Any], path: str) -> dict[str, Any]:
+    def check_dose_value(self, dosage: Mapping[str, Any], path: str) -> None:
+        """FHIR writes a decimal as a JSON number: `"8"` is refused (fhir.resources would take
+        it)."""
         rates = _list(dosage.get("doseAndRate"), f"{path}.doseAndRate")
         if not rates:
-            return {}
+            return
         rate = _object(rates[0], f"{path}.doseAndRate[0]")
-        if rate.get("doseQuantity") is None:
-            return {}
         qpath = f"{path}.doseAndRate[0].doseQuantity"
-        quantity = _object(rate.get("doseQuantity"), qpath)
-        value = quantity.get("value")
-        if value is None:
-            return {}
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if rate.get("doseQuantity") is None:
+            return
+        value = _object(rate.get("doseQuantity"), qpath).get("value")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise bad_request(f"{qpath}.value", f"expected a number, got {_kind(value)}")
-        if not 0 <= value < 1e9:
-            raise bad_request(f"{qpath}.value", f"implausible dose {value!r}")
-        out: dict[str, Any] = {"dose": float(value)}
-        unit = _text(quantity.get("code"), f"{qpath}.code") or _text(
-            quantity.get("unit"), f"{qpath}.unit"
-        )
-        if unit:
-            out["unit"] = unit
-        return out
 
     def indication(self, resource: Mapping[str, Any], path: str) -> str | None:
         for k, reason in enumerate(_list(resource.get("reasonCode"), f"{path}.reasonCode")):
