@@ -436,6 +436,19 @@ TIMELINE_CASES = [
     case("treatment-drug-empty", ("events", 2, "drug"), "", "$.events[2].drug", "drug"),
     case("treatment-drug-blank", ("events", 2, "drug"), "   ", "$.events[2].drug", "drug"),
     case("negative-dose", ("events", 2, "dose"), -10, "$.events[2].dose", "negative"),
+    # a treatment that cannot have been given never moves the state
+    case("zero-dose", ("events", 2, "dose"), 0, "$.events[2].dose", "a dose of 0"),
+    case("banana-unit", ("events", 2, "unit"), "banana", "$.events[2].unit", "dose unit"),
+    case("volume-per-kg", ("events", 2, "unit"), "mL/kg", "$.events[2].unit", "dose unit"),
+    case("dose-without-unit", ("events", 2, "unit"), DELETE, "$.events[2].unit", "its unit"),
+    case("nasal-route", ("events", 2, "route"), "up the nose", "$.events[2].route", "route"),
+    case(
+        "death-before-infusion",
+        ("events", 4),
+        {"at": "2025-12-31T08:00:00Z", "kind": "close", "reason": "death"},
+        "$.events[4].at",
+        "before the CAR-T infusion",
+    ),
     case(
         "negative-baseline",
         ("patient", "baseline", "ferritin", "value"),

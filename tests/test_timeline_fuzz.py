@@ -147,11 +147,21 @@ def valid_timelines(g: iechs.Guideline) -> st.SearchStrategy[dict[str, Any]]:
             "drug": st.sampled_from([*sorted(g.drugs), "Dexamethasone", "piperacillin-tazobactam"]),
         },
         optional={
-            "dose": st.floats(0, 1000) | st.integers(0, 1000),
             "unit": st.sampled_from(["mg", "mg/kg", "mg/kg/day"]),
             "route": st.sampled_from(["IV", "SC", "PO"]),
             "indication": st.sampled_from(INDICATIONS),
         },
+    ).flatmap(  # a dose is more than 0 and comes with its unit
+        lambda ev: (
+            st.just(ev)
+            if "unit" not in ev
+            else st.fixed_dictionaries(
+                {
+                    **{k: st.just(v) for k, v in ev.items()},
+                    "dose": st.floats(0.001, 1000) | st.integers(1, 1000) | st.none(),
+                }
+            ).map(lambda e: {k: v for k, v in e.items() if v is not None})
+        )
     )
     response = st.fixed_dictionaries(
         {
@@ -166,6 +176,11 @@ def valid_timelines(g: iechs.Guideline) -> st.SearchStrategy[dict[str, Any]]:
             "kind": st.just("close"),
             "reason": st.sampled_from(CLOSE_REASONS),
         }
+    ).filter(  # a death before the infusion contradicts itself: refused (test_bad_input)
+        lambda ev: (
+            ev["reason"] != "death"
+            or datetime.fromisoformat(ev["at"].replace("Z", "+00:00")) >= INFUSION
+        )
     )
     baseline = st.sampled_from(sorted(g.observations)).flatmap(
         lambda code: st.tuples(st.just(code), measurement(code))

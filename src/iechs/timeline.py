@@ -21,6 +21,7 @@ from cattrs.gen import make_dict_structure_fn
 from .errors import Problem, TimelineError, structuring_problems, unknown_name
 from .model import Guideline
 from .units import unit_factor
+from .vocab import ROUTES, dose_unit_problem, route_code
 
 __all__ = [
     "AssessmentEvent",
@@ -327,8 +328,23 @@ def check_event(ev: Event, g: Guideline, path: str, problems: list[Problem]) -> 
         drug = ev.drug.strip().lower()
         if not drug:
             problems.append(Problem("a treatment names its drug", f"{path}.drug"))
-        if ev.dose is not None and ev.dose < 0:
-            problems.append(Problem(f"negative dose {ev.dose:g}", f"{path}.dose"))
+        if ev.dose is not None and ev.dose <= 0:
+            what = "negative dose" if ev.dose < 0 else "a dose of"
+            problems.append(
+                Problem(f"{what} {ev.dose:g}: a dose given is more than 0", f"{path}.dose")
+            )
+        if ev.unit is not None and (why := dose_unit_problem(ev.unit)) is not None:
+            problems.append(Problem(why, f"{path}.unit"))
+        elif ev.dose is not None and ev.unit is None:
+            problems.append(Problem("a dose needs its unit", f"{path}.unit"))
+        if ev.route is not None and route_code(ev.route) is None:
+            problems.append(
+                Problem(
+                    f"unknown route {ev.route!r} (one of {', '.join(ROUTES)}, or its name "
+                    "or SNOMED CT code)",
+                    f"{path}.route",
+                )
+            )
         return attrs.evolve(ev, drug=drug)
     return ev
 
@@ -350,6 +366,16 @@ def parse_timeline(data: Any, g: Guideline, file: str | None = None) -> Timeline
     problems: list[Problem] = []
     patient = _check_patient(raw.patient, g, problems)
     events = [check_event(ev, g, f"$.events[{i}]", problems) for i, ev in enumerate(raw.events)]
+    for i, ev in enumerate(events):
+        if isinstance(ev, CloseEvent) and ev.reason == "death" and ev.at < patient.infusion_at:
+            problems.append(
+                Problem(
+                    f"a death at {format_time(ev.at)}, before the CAR-T infusion at "
+                    f"{format_time(patient.infusion_at)} ($.patient.infusion_at): the timeline "
+                    "contradicts itself",
+                    f"$.events[{i}].at",
+                )
+            )
     if problems:
         raise TimelineError(problems, file)
     order = canonical_order(events, g)
