@@ -66,6 +66,8 @@ JSON_CASES = {
     "5000-digit-integer": ('{"patient": ' + "9" * 5000 + "}", "$.patient: an integer of 5000"),
     "nan": ('{"patient": {"id": "p", "age": NaN}}', "$.patient.age: NaN is not a finite"),
     "overflowing-float": ('{"events": [{"value": 1e400}]}', "$.events[0].value: 1e400 is not"),
+    "lone-surrogate": ('{"patient": {"id": "\\ud800"}}', "$.patient.id: text with a lone"),
+    "lone-surrogate-key": ('{"patient": {"\\udfff": 1}}', "$.patient: a key with a lone"),
 }
 
 

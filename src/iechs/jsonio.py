@@ -68,31 +68,47 @@ def loads(text: str | bytes, file: str, error: type[IechsError] = IechsError) ->
         ) from None
     except RecursionError:
         raise error([Problem(f"nested more than {MAX_DEPTH} levels deep", "$")], file) from None
-    if (found := _refused(data)) is not None:
+    # A lone surrogate (`"\ud800"`) is valid JSON but no text: it cannot be written back out.
+    # Strings are searched only when the text escapes one (rare), to keep parsing fast.
+    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    strings = "\\ud" in raw.lower()
+    if (found := _refused(data, strings)) is not None:
         raise error([Problem(found[1], found[0])], file)
     return data
 
 
-def _refused(data: Any) -> tuple[str, str] | None:
-    """(JSON path, reason) of the first value nested deeper than `MAX_DEPTH` or refused."""
+def _refused(data: Any, strings: bool = False) -> tuple[str, str] | None:
+    """(JSON path, reason) of the first value nested deeper than `MAX_DEPTH` or refused; with
+    `strings`, also of the first text (value or key) that is not valid Unicode."""
+    kinds: tuple[type, ...] = (dict, list, _Refused, str) if strings else (dict, list, _Refused)
     stack: list[tuple[Any, int, str]] = [(data, 0, "$")]
     while stack:
         value, depth, path = stack.pop()
         if isinstance(value, _Refused):
             return path, value.reason
+        if isinstance(value, str):
+            if not _unicode(value):
+                return path, "text with a lone surrogate (\\ud800-\\udfff) is not Unicode"
+            continue
         if depth > MAX_DEPTH:
             return path, f"nested more than {MAX_DEPTH} levels deep"
         # only what can nest or was refused goes on the stack
         if isinstance(value, dict):
+            if strings and (bad := next((k for k in value if not _unicode(k)), None)):
+                return path, f"a key with a lone surrogate is not Unicode ({bad!r})"
             stack.extend(
-                (v, depth + 1, f"{path}.{k}")
-                for k, v in value.items()
-                if isinstance(v, dict | list | _Refused)
+                (v, depth + 1, f"{path}.{k}") for k, v in value.items() if isinstance(v, kinds)
             )
         elif isinstance(value, list):
             stack.extend(
-                (v, depth + 1, f"{path}[{i}]")
-                for i, v in enumerate(value)
-                if isinstance(v, dict | list | _Refused)
+                (v, depth + 1, f"{path}[{i}]") for i, v in enumerate(value) if isinstance(v, kinds)
             )
     return None
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
