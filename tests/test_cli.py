@@ -18,7 +18,7 @@ DAY14 = ROOT / "examples" / "day14-steroid-response.json"
 def test_validate_bundled_guideline(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
-    assert "iec-hs 0.2.0" in out
+    assert "iec-hs 0.2.1" in out
     assert "8 states, 18 transitions" in out
 
 
