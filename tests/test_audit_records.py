@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +92,29 @@ def test_each_record_hashes_its_canonical_content_and_links_to_the_previous(
 
 
 def test_records_are_identical_whichever_store_holds_them(engine: Engine, tmp_path: Path) -> None:
-    # No clock, no store id in the hashed content: the same input gives the same log bytes.
-    run_recorded(engine, DAY14, str(tmp_path / "a.db"))
-    run_recorded(engine, DAY14, str(tmp_path / "b.db"))
+    # No store id in the hashed content, and the only clock reading is the write time: the same
+    # input, written at the same time, gives the same log bytes.
+    def clock() -> datetime:
+        return datetime(2026, 5, 17, 10, 5, tzinfo=UTC)
+
+    run_recorded(engine, DAY14, str(tmp_path / "a.db"), clock=clock)
+    run_recorded(engine, DAY14, str(tmp_path / "b.db"), clock=clock)
     a, b = bodies(tmp_path / "a.db"), bodies(tmp_path / "b.db")
     assert a == b
+    assert json.loads(a[0][2])["recorded"] == "2026-05-17T10:05:00.000000Z"
     with open_store(str(tmp_path / "a.db")) as sa, open_store(str(tmp_path / "b.db")) as sb:
         assert sa.store_id != sb.store_id
+    # Written at another time (the wall clock), only `recorded` differs: every decision, and
+    # every other field but the links, is the same bytes.
+    run_recorded(engine, DAY14, str(tmp_path / "c.db"))
+    c = bodies(tmp_path / "c.db")
+
+    def timeless(body: str) -> dict[str, Any]:
+        content: dict[str, Any] = json.loads(body)
+        return {k: v for k, v in content.items() if k not in ("recorded", "prev")}
+
+    assert [timeless(x) for _, _, x in a] == [timeless(x) for _, _, x in c]
+    assert {json.loads(x)["recorded"] for _, _, x in c} != {"2026-05-17T10:05:00.000000Z"}
 
 
 def test_parse_record_names_what_is_wrong() -> None:
@@ -113,9 +129,22 @@ def test_parse_record_names_what_is_wrong() -> None:
         "patient": None,
         "actor": None,
         "reason": None,
+        "recorded": "2026-05-17T10:05:00.000000Z",
+        "snapshot": None,
     }
     assert parse_record(good).episode == "P1"
+    assert parse_record(good).recorded == "2026-05-17T10:05:00.000000Z"
+    # The prior format: no write time, no seal; its content (and so its hash) is kept as it was.
+    prior = {k: v for k, v in good.items() if k not in ("recorded", "snapshot")}
+    old = parse_record({**prior, "format": "iechs.audit/1"})
+    assert (old.format, old.recorded, old.snapshot) == ("iechs.audit/1", None, None)
+    assert old.content() == {**prior, "format": "iechs.audit/1"}
+    with pytest.raises(ValueError, match=r"\$\.recorded: unexpected"):
+        parse_record({**good, "format": "iechs.audit/1"})
     cases: list[tuple[dict[str, Any], str]] = [
+        ({"recorded": "yesterday"}, r"\$\.recorded: expected a UTC instant"),
+        ({"recorded": None}, r"\$\.recorded"),
+        ({"snapshot": "XYZ"}, r"\$\.snapshot"),
         ({"seq": 0}, r"\$\.seq"),
         ({"seq": True}, r"\$\.seq"),
         ({"prev": "XYZ"}, r"\$\.prev"),
@@ -128,6 +157,8 @@ def test_parse_record_names_what_is_wrong() -> None:
     for change, message in cases:
         with pytest.raises(ValueError, match=message):
             parse_record({**good, **change})
+    with pytest.raises(ValueError, match=r"\$\.snapshot: missing"):
+        parse_record({k: v for k, v in good.items() if k != "snapshot"})
 
 
 # --- recording and resuming ----------------------------------------------------------------------
@@ -312,7 +343,8 @@ def test_replay_needs_the_guideline_that_decided(engine: Engine, tmp_path: Path)
             replay_log(log, [engine.guideline])
         report = replay_log(log, [engine.guideline, profile])
     assert report.ok
-    assert report.guidelines == (f"iec-hs-astct-2023 0.2.0 (sha256 {profile.sha256[:12]})",)
+    meta = profile.guideline
+    assert report.guidelines == (f"{meta.id} {meta.version} (sha256 {profile.sha256[:12]})",)
 
 
 # --- FHIR ----------------------------------------------------------------------------------------
@@ -333,7 +365,8 @@ def test_fhir_resources_validate_and_carry_the_record(engine: Engine, tmp_path: 
         records = list(sound_records(log))
         bundle = to_bundle(records, log.store_id)
     assert bundle["type"] == "collection"
-    assert len(bundle["entry"]) == 2 * len(records)
+    # Each decision: its AuditEvent, its GuidanceResponse and its Provenance.
+    assert len(bundle["entry"]) == 3 * len(records)
     step = records[12]
     event = AuditEvent.model_validate(audit_event(step, "store")).model_dump(mode="json")
     assert event["recorded"] == "2026-03-15T10:00:00Z"  # the event's time, not the clock
@@ -343,6 +376,11 @@ def test_fhir_resources_validate_and_carry_the_record(engine: Engine, tmp_path: 
     assert sha256_hex(body) == details["hash"]["valueString"] == step.hash
     response = GuidanceResponse.model_validate(guidance_response(step)).model_dump(mode="json")
     assert response["status"] == "success"
+    # The patient, by the identifier system the FHIR input reads patients by.
+    assert response["subject"]["identifier"] == {
+        "system": "https://iechs.dev/fhir/sid/patient-id",
+        "value": "demo-day14",
+    }
     assert response["reasonCode"][0]["text"] == step.decision["transition"]["label"]
     notes = [n["text"] for n in response["note"]]
     assert any(n.startswith("Guard suspected -> first_line_steroids") for n in notes)

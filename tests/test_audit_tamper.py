@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from iechs import Engine
 from iechs.audit import GENESIS, run_recorded
-from iechs.audit.records import AuditRecord, canonical, parse_record
+from iechs.audit.records import AuditRecord, canonical, parse_record, snapshot_seal
+from iechs.audit.snapshots import episodes_of
 from iechs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +119,29 @@ def sql_rewrite(db: Path, records: list[AuditRecord]) -> None:
         conn.execute("UPDATE iechs_chain SET seq = ?, hash = ?", (last.seq, last.hash))
 
 
+def resealed_snapshots(records: list[AuditRecord]) -> list[AuditRecord]:
+    """The records with each episode's last one sealing the snapshot the records rebuild (what a
+    forger who knows the format does; `reseal` then recomputes the links)."""
+    seals = {e.id: snapshot_seal(e.snapshot) for e in episodes_of(records)}
+    last = {r.episode: i for i, r in enumerate(records)}
+    return [
+        attrs.evolve(r, snapshot=seals[r.episode]) if last[r.episode] == i else r
+        for i, r in enumerate(records)
+    ]
+
+
+def sql_resnapshot(db: Path, records: list[AuditRecord]) -> None:
+    """Replace every saved snapshot with the one `records` rebuild (saved with the episode's
+    last record, counting steps up to its step)."""
+    steps = {r.episode: r.step + 1 for r in records}
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM iechs_episodes")
+        conn.executemany(
+            "INSERT INTO iechs_episodes (id, steps, head_seq, snapshot) VALUES (?, ?, ?, ?)",
+            [(e.id, steps[e.id], e.head_seq, canonical(e.snapshot)) for e in episodes_of(records)],
+        )
+
+
 def edited(record: AuditRecord) -> AuditRecord:
     """The kind of edit someone would hide: a state the engine never entered."""
     return attrs.evolve(record, decision={**record.decision, "to": "resolved"})
@@ -216,9 +240,20 @@ def test_sqlite_last_records_cut_off(work: Path, capsys: pytest.CaptureFixture[s
     code, out = verify(capsys, db)
     assert code == 1
     assert f"TAMPERED (truncated): the log ends at record {COUNT - 3} but the store's head" in out
-    # Carefully (head row moved back too): only the checkpoint tells.
+    # Carefully (head row moved back too): the episode's snapshot, saved with the last record,
+    # still tells.
     last = sql_records(db)[-1]
     sql(db, "UPDATE iechs_chain SET seq = ?, hash = ?", last.seq, last.hash)
+    code, out = verify(capsys, db)
+    assert code == 1
+    assert (
+        "TAMPERED (snapshot): episode 'il6-monotherapy': the saved snapshot of episode "
+        f"'il6-monotherapy' says it was saved with record {COUNT}, but the episode's last record "
+        f"is record {COUNT - 3}"
+    ) in out
+    # Most carefully (the snapshot replaced by the one the records left rebuild, which the last
+    # of them, unsealed, vouches for): only the checkpoint tells.
+    sql_resnapshot(db, sql_records(db))
     assert verify(capsys, db)[0] == 0
     code, out = verify(capsys, db, *cp)
     assert code == 1
@@ -296,7 +331,14 @@ def test_sqlite_forged_tail_after_truncation(
     cp = checkpoint(capsys, work, db)
     records = sql_records(db)
     forged = [edited(r) for r in records[-5:]]
-    sql_rewrite(db, reseal(records[:-5] + forged + [edited(records[-1])], COUNT - 5))
+    forged_log = reseal(records[:-5] + forged + [edited(records[-1])], COUNT - 5)
+    sql_rewrite(db, forged_log)
+    code, out = verify(capsys, db)
+    assert code == 1  # the snapshot was saved with record COUNT, the episode now ends later
+    assert "TAMPERED (snapshot): episode 'il6-monotherapy'" in out
+    # Sealed anew, with a snapshot to match: only the checkpoint tells.
+    sql_rewrite(db, forged_log := reseal(resealed_snapshots(forged_log), COUNT - 5))
+    sql_resnapshot(db, forged_log)
     assert verify(capsys, db)[0] == 0
     code, out = verify(capsys, db, *cp)
     assert code == 1
@@ -525,8 +567,13 @@ def test_a_record_whose_own_seq_is_edited_is_named_where_it_is_stored(work: Path
     db = work / "log.db"
     (body,) = sql(db, "SELECT body FROM iechs_records WHERE seq = ?", 54)[0]
     text = str(body)
-    assert text.endswith('"seq":54}')
-    sql(db, "UPDATE iechs_records SET body = ? WHERE seq = ?", text[:-2] + "0}", 54)
+    assert text.count('"seq":54,') == 1
+    sql(
+        db,
+        "UPDATE iechs_records SET body = ? WHERE seq = ?",
+        text.replace('"seq":54,', '"seq":50,'),
+        54,
+    )
     with SqliteStore(db) as store:
         verification = verify_log(store)
     (finding,) = verification.findings

@@ -330,7 +330,7 @@ def test_episode_export_can_be_shown_replayed_and_exported_as_fhir(
     assert "SAME" in out
     code, out, _ = capture("audit", "export", str(part), "--format", "fhir")
     assert code == 0
-    assert len(json.loads(out)["entry"]) == 2 * 17
+    assert len(json.loads(out)["entry"]) == 3 * 17  # AuditEvent, GuidanceResponse, Provenance
 
 
 def test_episode_export_is_refused_where_a_whole_chain_is_needed(

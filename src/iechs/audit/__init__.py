@@ -11,6 +11,9 @@ with `verify_log` (`iechs audit verify`), re-decide them with `replay_log` (`iec
 replay`), sign a head with `sign_checkpoint` (`iechs audit checkpoint`), export one episode
 (`export_jsonl(log, out, episode=...)`, `iechs audit export --episode`) and read back the CDS
 Hooks feedback the service recorded (`feedback_of`).
+
+Each episode's saved snapshot is sealed in the chain (`iechs.audit.snapshots`): `verify_log`
+checks it, and a store refuses to load one the chain does not vouch for (`SnapshotSealError`).
 """
 
 import importlib
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .chain import Finding, Verification, verify_log
     from .checkpoint import Checkpoint, generate_key, load_checkpoint, sign_checkpoint
-    from .errors import AuditError, CheckpointError, StoreError
+    from .errors import AuditError, CheckpointError, SnapshotSealError, StoreError
     from .export import export_fhir, export_jsonl, import_jsonl
     from .feedback import Feedback, feedback_of, parse_feedback
     from .recorder import RecordedEpisode, run_recorded
@@ -54,6 +57,7 @@ _HOME = {
     "sign_checkpoint": "checkpoint",
     "AuditError": "errors",
     "CheckpointError": "errors",
+    "SnapshotSealError": "errors",
     "StoreError": "errors",
     "export_fhir": "export",
     "export_jsonl": "export",
@@ -106,6 +110,7 @@ __all__ = [
     "RecordDraft",
     "RecordedEpisode",
     "ReplayReport",
+    "SnapshotSealError",
     "SqliteStore",
     "StoreError",
     "Verification",

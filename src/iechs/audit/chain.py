@@ -13,10 +13,19 @@ The walk stops at the first bad record and says what is wrong with it:
 | `truncated` | the log ends before the store's head or the checkpoint's record |
 | `rewritten` | the record a head or checkpoint vouches for hashes otherwise: chain rewritten |
 | `checkpoint` | the checkpoint is for another store, or its signature does not hold |
+| `snapshot` | an episode's saved snapshot is not the one the chain seals: edited, replaced |
 | `against` | an episode export's full log does not verify, or is another store or an older copy |
 
+After the chain, every saved episode snapshot of a store is checked against the chain
+(`iechs.audit.snapshots`): each one that fails is a `snapshot` finding naming its episode.
+
 Without a checkpoint, a chain rewritten from an edit to its end (head included) is
-indistinguishable from a genuine one; a checkpoint signed before the edit catches it.
+indistinguishable from a genuine one; a checkpoint signed before the edit catches it. Records
+appended after the checkpoint's head are not covered by it: the verification counts them
+(`Verification.uncovered`) and warns, since a record appended with the head moved along cannot
+be told from a genuine one until a later checkpoint covers it. A checkpoint checked without a
+pinned public key (`trusted_key`) proves only that whoever wrote it held the key embedded in it:
+the verification warns about that too (`Verification.warnings`).
 
 An episode export (`iechs audit export --episode`) holds one episode's records, not a whole
 chain. Alone it is checked for what it can show: every record matches its hash, belongs to the
@@ -38,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .checkpoint import Checkpoint, key_id
 from .errors import AuditError, problem
 from .records import GENESIS, AuditRecord, canonical, parse_record, sha256_hex
+from .snapshots import LastRecord, last_record, rebuilt_seal, snapshot_problem
 from .stores import Head, JsonlLog, Log, LogView, StoredRecord
 
 __all__ = ["Finding", "Verification", "read_record", "verify_log"]
@@ -63,8 +73,14 @@ class Verification:
     head: Head
     head_at: str | None
     findings: tuple[Finding, ...]
-    #: what the checkpoint vouched for, when one was given: seq, key id, trusted or embedded.
+    #: what the checkpoint vouched for, when one was given: seq, key id, trusted or embedded,
+    #: and the records after its head (`uncovered`, when the chain verified that far).
     checkpoint: dict[str, Any] | None = None
+    #: how many saved episode snapshots were checked against the chain (None: not checked, e.g.
+    #: an export holds none, or the chain itself did not verify).
+    snapshots: int | None = None
+    #: what does not make the log tampered but limits what this verification proves.
+    warnings: tuple[Finding, ...] = ()
     #: an episode export: its episode (`head` is then the head of the log it was taken from,
     #: as its header says), and the full log it was compared with, if any.
     episode: str | None = None
@@ -73,6 +89,14 @@ class Verification:
     @property
     def ok(self) -> bool:
         return not self.findings
+
+    @property
+    def uncovered(self) -> int | None:
+        """Records after the checkpoint's head (None: no checkpoint, or not counted)."""
+        if self.checkpoint is None:
+            return None
+        value = self.checkpoint.get("uncovered")
+        return value if isinstance(value, int) else None
 
     @property
     def upto(self) -> int | None:
@@ -90,6 +114,8 @@ class Verification:
             "head": self.head.to_json(),
             "findings": [f.to_json() for f in self.findings],
             "checkpoint": self.checkpoint,
+            "snapshots_checked": self.snapshots,
+            "warnings": [w.to_json() for w in self.warnings],
         }
         if self.episode is not None:
             out["episode_export"] = {"episode": self.episode, "against": self.against}
@@ -162,21 +188,90 @@ def _out_of_sequence(expected: int, got: int, later: Iterator[StoredRecord]) -> 
     )
 
 
+@attrs.define
+class _Walk:
+    """What walking a whole chain found: how far it got, and what the later checks need."""
+
+    findings: list[Finding] = attrs.Factory(list)
+    count: int = 0
+    prev: str = GENESIS
+    last_at: str | None = None
+    #: the hash of the record the checkpoint names, and the episodes of the records after it.
+    checkpointed: str | None = None
+    tail: dict[str, None] = attrs.Factory(dict)
+    #: each episode's last record.
+    last: dict[str, LastRecord] = attrs.Factory(dict)
+
+
+def _walk(view: LogView, checkpoint_seq: int | None) -> _Walk:
+    """Walk the chain from its first record; stop at the first bad one."""
+    walk = _Walk()
+    expected = 1
+    items = view.records()
+    for item in items:
+        record, digest, defect = _read(item)
+        if record is None:
+            walk.findings.append(
+                Finding("altered", expected, f"record {expected} ({item.where}): {defect}")
+            )
+            break
+        if defect is not None:
+            # The body is not to be trusted: name the record by where it is stored.
+            where = (
+                record.where()
+                if record.seq == expected
+                else f"record {expected} ({item.where}; its altered body claims {record.seq})"
+            )
+            walk.findings.append(Finding("altered", expected, f"{where}: {defect}"))
+            break
+        if record.seq != expected:
+            walk.findings.append(_out_of_sequence(expected, record.seq, items))
+            break
+        defect = _index_problem(item, record)
+        if defect is not None:
+            walk.findings.append(Finding("altered", record.seq, f"{record.where()}: {defect}"))
+            break
+        if record.prev != walk.prev:
+            walk.findings.append(
+                Finding(
+                    "broken_link",
+                    record.seq,
+                    f"{record.where()} does not link to record {record.seq - 1}: it names "
+                    f"{record.prev[:16]}…, record {record.seq - 1} hashes to {walk.prev[:16]}…; "
+                    f"record {record.seq - 1} was altered and rehashed, or record "
+                    f"{record.seq} was forged",
+                )
+            )
+            break
+        # The body is canonical (checked above), so its hash is the record's hash.
+        walk.prev, walk.last_at = digest, record.at
+        walk.last[record.episode] = last_record(record)
+        if checkpoint_seq is not None:
+            if record.seq == checkpoint_seq:
+                walk.checkpointed = digest
+            elif record.seq > checkpoint_seq:
+                walk.tail[record.episode] = None
+        expected += 1
+    walk.count = expected - 1
+    return walk
+
+
 def verify_log(
     log: Log,
     checkpoint: Checkpoint | None = None,
     trusted_key: Ed25519PublicKey | None = None,
     *,
     against: Log | None = None,
+    snapshots: bool = True,
 ) -> Verification:
-    """Walk the chain; compare it with the store's head and, when given, a signed checkpoint.
+    """Walk the chain; compare it with the store's head, check every saved episode snapshot
+    against the chain (unless `snapshots` is False: e.g. an export copies records only) and,
+    when given, compare the chain with a signed checkpoint.
 
     An episode export is checked as one (see the module's text); `against` is the full log to
     compare it with. A checkpoint vouches for a whole chain and cannot check an episode export.
     """
-    findings: list[Finding] = []
-    expected, prev, last_at = 1, GENESIS, None
-    checkpointed: str | None = None
+    checked: int | None = None
     with log.reading() as view:
         if view.only_episode is not None:
             if checkpoint is not None:
@@ -199,68 +294,114 @@ def verify_log(
                 log.location,
             )
         store_id, head = view.store_id, view.head
-        items = view.records()
-        for item in items:
-            record, digest, defect = _read(item)
-            if record is None:
-                findings.append(
-                    Finding("altered", expected, f"record {expected} ({item.where}): {defect}")
-                )
-                break
-            if defect is not None:
-                # The body is not to be trusted: name the record by where it is stored.
-                where = (
-                    record.where()
-                    if record.seq == expected
-                    else f"record {expected} ({item.where}; its altered body claims {record.seq})"
-                )
-                findings.append(Finding("altered", expected, f"{where}: {defect}"))
-                break
-            if record.seq != expected:
-                findings.append(_out_of_sequence(expected, record.seq, items))
-                break
-            defect = _index_problem(item, record)
-            if defect is not None:
-                findings.append(Finding("altered", record.seq, f"{record.where()}: {defect}"))
-                break
-            if record.prev != prev:
-                findings.append(
-                    Finding(
-                        "broken_link",
-                        record.seq,
-                        f"{record.where()} does not link to record {record.seq - 1}: it names "
-                        f"{record.prev[:16]}…, record {record.seq - 1} hashes to {prev[:16]}…; "
-                        f"record {record.seq - 1} was altered and rehashed, or record "
-                        f"{record.seq} was forged",
-                    )
-                )
-                break
-            # The body is canonical (checked above), so its hash is the record's hash.
-            prev, last_at = digest, record.at
-            if checkpoint is not None and record.seq == checkpoint.seq:
-                checkpointed = digest
-            expected += 1
-    count = expected - 1
-    if not findings and head is not None:
-        findings += _head_findings(head, count, prev)
+        walk = _walk(view, None if checkpoint is None else checkpoint.seq)
+        findings = walk.findings
+        if not findings and head is not None:
+            findings += _head_findings(head, walk.count, walk.prev)
+        if not findings and snapshots and not isinstance(log, JsonlLog):  # an export has none
+            found, checked = _snapshot_findings(view, walk.last)
+            findings += found
+    warnings: list[Finding] = []
     cp_info = None
     if checkpoint is not None:
-        cp_info = {
-            "seq": checkpoint.seq,
-            "head": checkpoint.head,
-            "key_id": checkpoint.key_id,
-            "trusted_key": None if trusted_key is None else key_id(trusted_key),
-        }
-        if not findings:
-            findings += _checkpoint_findings(checkpoint, trusted_key, store_id, count, checkpointed)
+        cp_info = _against_checkpoint(
+            checkpoint, trusted_key, store_id, walk, findings=findings, warnings=warnings
+        )
     return Verification(
         location=log.location,
         store_id=store_id,
-        count=count,
-        head=Head(count, prev),
-        head_at=last_at,
+        count=walk.count,
+        head=Head(walk.count, walk.prev),
+        head_at=walk.last_at,
         findings=tuple(findings),
         checkpoint=cp_info,
+        snapshots=checked,
+        warnings=tuple(warnings),
+    )
+
+
+def _against_checkpoint(
+    checkpoint: Checkpoint,
+    trusted_key: Ed25519PublicKey | None,
+    store_id: str,
+    walk: _Walk,
+    *,
+    findings: list[Finding],
+    warnings: list[Finding],
+) -> dict[str, Any]:
+    """Compare the walked chain with the checkpoint: its findings and warnings are added to
+    `findings` and `warnings`; returns what the verification reports of the checkpoint."""
+    info: dict[str, Any] = {
+        "seq": checkpoint.seq,
+        "head": checkpoint.head,
+        "key_id": checkpoint.key_id,
+        "trusted_key": None if trusted_key is None else key_id(trusted_key),
+        "key_pinned": trusted_key is not None,
+        "matches": None,
+        "uncovered": None,
+    }
+    if trusted_key is None:
+        warnings.append(_embedded_key_warning(checkpoint))
+    # An edited snapshot leaves the chain whole: the checkpoint is still compared with it.
+    if all(f.kind == "snapshot" for f in findings):
+        count = walk.count
+        found = _checkpoint_findings(checkpoint, trusted_key, store_id, count, walk.checkpointed)
+        findings += found
+        info["matches"] = not found
+        if not found:
+            info["uncovered"] = count - checkpoint.seq
+            if count > checkpoint.seq:
+                warnings.append(_uncovered_warning(checkpoint.seq, count, list(walk.tail)))
+    return info
+
+
+def _snapshot_findings(view: LogView, last: dict[str, LastRecord]) -> tuple[list[Finding], int]:
+    """Every saved snapshot against the chain just walked (`last`: each episode's last record):
+    a `snapshot` finding per episode whose snapshot the chain does not vouch for."""
+    findings: list[Finding] = []
+    checked = 0
+    for saved in view.snapshots():
+        checked += 1
+
+        def rebuilt(episode: str = saved.id) -> str | None:
+            records = []
+            for item in view.records(episode):
+                record, _ = read_record(item)  # the chain verified: every record is sound
+                if record is not None:
+                    records.append(record)
+            return rebuilt_seal(records, episode)
+
+        why = snapshot_problem(saved, last.get(saved.id), rebuilt)
+        if why is not None:
+            seq = last[saved.id].seq if saved.id in last else None
+            findings.append(Finding("snapshot", seq, f"episode {saved.id!r}: {why}"))
+    return findings, checked
+
+
+def _embedded_key_warning(checkpoint: Checkpoint) -> Finding:
+    return Finding(
+        "embedded_key",
+        None,
+        f"no --public-key: the checkpoint was checked with the key embedded in it "
+        f"({checkpoint.key_id}), so it proves only that its writer held that key; anyone who can "
+        "write a checkpoint file can sign a forged one with a key of their own. Pin the signer's "
+        "public key, kept apart from the store and the checkpoints: --public-key KEY.pub.pem",
+    )
+
+
+def _uncovered_warning(seq: int, count: int, episodes: list[str]) -> Finding:
+    n = count - seq
+    which = f"record {count}" if n == 1 else f"records {seq + 1}-{count}"
+    shown = ", ".join(episodes[:10]) + (", ..." if len(episodes) > 10 else "")
+    plural = "s" if len(episodes) != 1 else ""
+    records, lie, them = ("1 record", "lies", "it") if n == 1 else (f"{n} records", "lie", "them")
+    return Finding(
+        "uncovered",
+        seq + 1,
+        f"{records} ({which}; episode{plural} {shown}) {lie} after the checkpoint's head (record "
+        f"{seq}): no checkpoint vouches for {them}, and a record appended behind the log's back, "
+        "with the head moved along, cannot be told from a genuine one until a later checkpoint "
+        "covers it. Sign a new checkpoint (`iechs audit checkpoint`) and keep it off this host",
     )
 
 

@@ -27,13 +27,23 @@ def _log_arguments(p: argparse.ArgumentParser) -> None:
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
 
-    p = sub.add_parser("verify", help="check every record's hash and link; exit 1 on tampering")
+    p = sub.add_parser(
+        "verify",
+        help="check every record's hash and link, and every episode's saved snapshot against "
+        "the chain; exit 1 on tampering",
+    )
     _log_arguments(p)
-    p.add_argument("--checkpoint", metavar="C.json", help="a signed checkpoint to check against")
+    p.add_argument(
+        "--checkpoint",
+        metavar="C.json",
+        help="a signed checkpoint to check against (records after its head are counted and "
+        "warned about: no checkpoint covers them yet)",
+    )
     p.add_argument(
         "--public-key",
         metavar="KEY.pub.pem",
-        help="the signer's public key (default: trust the key embedded in the checkpoint)",
+        help="the signer's public key, kept apart from the store: what stops a forged "
+        "checkpoint (without it, the key embedded in the checkpoint is trusted, with a warning)",
     )
     p.add_argument(
         "--against",

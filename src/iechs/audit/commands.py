@@ -31,7 +31,14 @@ from .export import (
     refuse_episode_export,
 )
 from .replay import replay_log
-from .show import console, print_log, print_record, print_replay, print_verification
+from .show import (
+    console,
+    print_log,
+    print_record,
+    print_replay,
+    print_verification,
+    print_warnings,
+)
 from .stores import JsonlLog, Log, open_log, open_store
 
 __all__ = ["dispatch"]
@@ -70,6 +77,7 @@ def _verify(args: argparse.Namespace) -> int:
         _dump(verification.to_json())
     else:
         print_verification(verification)
+    print_warnings(verification, _stderr())
     return EXIT_OK if verification.ok else EXIT_PROBLEM
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import IechsError, Problem
 
-__all__ = ["AuditError", "CheckpointError", "StoreError", "problem"]
+__all__ = ["AuditError", "CheckpointError", "SnapshotSealError", "StoreError", "problem"]
 
 
 class AuditError(IechsError, ValueError):
@@ -13,6 +13,18 @@ class AuditError(IechsError, ValueError):
 
 class StoreError(AuditError):
     """A store cannot be opened, is not an iechs store, or refused a write."""
+
+
+class SnapshotSealError(StoreError):
+    """An episode's saved snapshot is not the one its records seal in the chain (edited,
+    replaced or rolled back outside the log): the episode is not restored from it.
+
+    `episode` names the episode; `seq` the record that seals (or should seal) its snapshot."""
+
+    def __init__(self, message: str, location: str, *, episode: str, seq: int | None) -> None:
+        self.episode = episode
+        self.seq = seq
+        super().__init__(problem(message), location)
 
 
 class CheckpointError(AuditError):

@@ -1,9 +1,11 @@
 """Moving a log between stores: JSON Lines export and import, and the FHIR export.
 
-An export is a faithful copy: it is written only from a log that verifies, every line is in
-canonical form and the header keeps the store id, so a checkpoint of the store also vouches
-for its export. An import verifies the export and fills an empty store, rebuilding the
-episodes' snapshots from the records.
+An export is a faithful copy of the chain: it is written only from a log whose chain verifies,
+every line is in canonical form and the header keeps the store id, so a checkpoint of the store
+also vouches for its export. It holds no episode snapshots, so a store whose chain is sound but
+one of whose saved snapshots was edited can still be exported: importing the export makes a
+store whose snapshots are rebuilt from the records, each checked against the seal its records
+carry.
 
 An episode export (`episode=`) holds the records of one episode, each as in a whole export
 (its hash, and its content with the link to the record before it in the chain), under a header
@@ -18,16 +20,24 @@ but not imported into a store (a store holds a whole chain) nor exported again a
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 from .chain import Verification, read_record, verify_log
-from .errors import AuditError, problem
+from .errors import AuditError, StoreError, problem
 from .fhir import to_bundle
-from .recorder import episodes_of
-from .records import AuditRecord, canonical
-from .stores import EPISODE_EXPORT_FORMAT, EXPORT_FORMAT, AuditStore, JsonlLog, Log
+from .records import AuditRecord, canonical, sha256_hex
+from .snapshots import episodes_of, last_record, snapshot_problem
+from .stores import (
+    EPISODE_EXPORT_FORMAT,
+    EXPORT_FORMAT,
+    AuditStore,
+    JsonlLog,
+    Log,
+    SavedSnapshot,
+)
 
 __all__ = [
     "UnverifiedLogError",
@@ -53,7 +63,8 @@ class UnverifiedLogError(AuditError):
 
 
 def _verified(log: Log) -> Verification:
-    verification = verify_log(log)
+    """The log's chain verifies (its saved snapshots are not exported, so not checked here)."""
+    verification = verify_log(log, snapshots=False)
     if not verification.ok:
         raise UnverifiedLogError(verification)
     return verification
@@ -156,5 +167,17 @@ def import_jsonl(export: JsonlLog, store: AuditStore) -> int:
     refuse_episode_export(export)
     verification = _verified(export)
     records = list(sound_records(export))
-    store.load_copy(verification.store_id, records, episodes_of(records))
+    episodes = episodes_of(records)
+    last = {r.episode: last_record(r) for r in records}
+    for episode in episodes:
+        text = canonical(episode.snapshot)
+        saved = SavedSnapshot(episode.id, episode.steps, episode.head_seq, text)
+        # The snapshot is the one its records rebuild: the fallback for unsealed records holds.
+        why = snapshot_problem(saved, last.get(episode.id), functools.partial(sha256_hex, text))
+        if why is not None:
+            raise StoreError(
+                problem(f"episode {episode.id!r}: rebuilt from its records, {why}"),
+                export.location,
+            )
+    store.load_copy(verification.store_id, records, episodes)
     return len(records)

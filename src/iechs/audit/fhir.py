@@ -1,5 +1,17 @@
-"""FHIR export of a log: each step as an R4 `AuditEvent`, its decision as a `GuidanceResponse`,
-in a `collection` Bundle.
+"""FHIR export of a log: each step as an R4 `AuditEvent`, its decision as a `GuidanceResponse`
+and where that decision came from as a `Provenance`, in a `collection` Bundle.
+
+The `Provenance` of a decision targets its GuidanceResponse; `recorded` is when the store wrote
+the record (its `recorded` field: the write time, never an input to a decision), `occurredDateTime`
+the event's time; the agent is the engine (a Device, "iechs VERSION"; with the clinician as
+`enterer` when one acted, and the reason as `reason`), and the entity, role `source`, the
+guideline as a PlanDefinition identified by `urn:iechs:guideline` `ID|VERSION`, its SHA-256 in
+the extension `GUIDELINE_SHA256_EXTENSION`. A record of the prior format (`iechs.audit/1`) has no
+write time and so no Provenance (FHIR requires `recorded`).
+
+Patients are referred to by the identifier the FHIR input reads them by
+(`iechs.fhir.codes.PATIENT_ID_SYSTEM`, the timeline's `patient.id`), so an exported decision
+names its patient as the Bundle that went in did.
 
 Validated with `fhir.resources.R4B` (FHIR 4.3, which keeps R4's AuditEvent and
 GuidanceResponse unchanged; the installed fhir.resources has no separate R4 package, its
@@ -18,7 +30,15 @@ from typing import Any
 from .errors import AuditError, problem
 from .records import AuditRecord, canonical
 
-__all__ = ["FHIR_PACKAGE", "audit_event", "guidance_response", "to_bundle"]
+__all__ = [
+    "FHIR_PACKAGE",
+    "GUIDELINE_SHA256_EXTENSION",
+    "audit_event",
+    "guidance_response",
+    "patient_reference",
+    "provenance",
+    "to_bundle",
+]
 
 #: The fhir.resources package whose models validate the export.
 FHIR_PACKAGE = "fhir.resources.R4B"
@@ -26,6 +46,10 @@ FHIR_PACKAGE = "fhir.resources.R4B"
 _NS = uuid.UUID("6b1c2f0e-5d0a-4c36-9f0e-1e3c5a7b9d21")  # the namespace of our urn:uuid ids
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+#: The extension of a Provenance entity that carries the guideline's SHA-256 (valueString).
+GUIDELINE_SHA256_EXTENSION = "https://iechs.dev/fhir/StructureDefinition/guideline-sha256"
 
 
 def _urn(record: AuditRecord, kind: str) -> str:
@@ -36,11 +60,25 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
-def _episode(record: AuditRecord) -> dict[str, Any]:
-    return {"identifier": {"system": "urn:iechs:episode", "value": record.episode}}
+def patient_reference(record: AuditRecord, patient_id: str | None = None) -> dict[str, Any]:
+    """The record's patient, by the identifier the FHIR input reads (`patient.id`): `patient_id`,
+    else the id in the record (an episode's first record carries the patient), else the
+    episode's id (an episode recorded by `iechs run --store` or the service is its patient's)."""
+    # Imported here: `iechs.fhir` loads the FHIR models, which only this export needs.
+    from ..fhir.codes import PATIENT_ID_SYSTEM  # noqa: PLC0415
+
+    if patient_id is None and record.patient is not None:
+        found = record.patient.get("id")
+        patient_id = found if isinstance(found, str) else None
+    return {
+        "type": "Patient",
+        "identifier": {"system": PATIENT_ID_SYSTEM, "value": patient_id or record.episode},
+    }
 
 
-def audit_event(record: AuditRecord, store_id: str) -> dict[str, Any]:
+def audit_event(
+    record: AuditRecord, store_id: str, patient_id: str | None = None
+) -> dict[str, Any]:
     """The step as an AuditEvent: who (engine, and the clinician if one acted), when (the
     event's time), what (the patient, the decision, the guideline)."""
     changed = record.source is not None and record.source != record.target
@@ -90,9 +128,10 @@ def audit_event(record: AuditRecord, store_id: str) -> dict[str, Any]:
         },
         "entity": [
             {
-                "what": _episode(record),
+                "what": patient_reference(record, patient_id),
                 "type": {"system": _ENTITY_TYPE, "code": "1", "display": "Person"},
                 "role": {"system": _OBJECT_ROLE, "code": "1", "display": "Patient"},
+                "detail": [{"type": "episode", "valueString": record.episode}],
             },
             {
                 "what": {"reference": _urn(record, "decision")},
@@ -137,7 +176,7 @@ def _notes(decision: dict[str, Any]) -> list[dict[str, str]]:
     return [{"text": n} for n in notes]
 
 
-def guidance_response(record: AuditRecord) -> dict[str, Any]:
+def guidance_response(record: AuditRecord, patient_id: str | None = None) -> dict[str, Any]:
     """The decision as a GuidanceResponse: the guideline module, the outcome, the guards,
     recommendations, alerts and deviations as notes, and what to measure when data is missing."""
     g = record.guideline
@@ -153,7 +192,7 @@ def guidance_response(record: AuditRecord) -> dict[str, Any]:
             "text": f"{g.id} {g.version} (sha256 {g.sha256})",
         },
         "status": "data-required" if measures else "success",
-        "subject": _episode(record),
+        "subject": patient_reference(record, patient_id),
         "occurrenceDateTime": record.at,
         "performer": {"display": f"iechs engine {record.engine}"},
     }
@@ -176,19 +215,81 @@ def guidance_response(record: AuditRecord) -> dict[str, Any]:
     return resource
 
 
+def provenance(record: AuditRecord) -> dict[str, Any] | None:
+    """Where the decision came from, as a Provenance targeting its GuidanceResponse (see the
+    module's text); None for a record of the prior format, which has no write time."""
+    if record.recorded is None:
+        return None
+    g = record.guideline
+    agents: list[dict[str, Any]] = [
+        {
+            "type": {
+                "coding": [{"system": _PARTICIPANT, "code": "performer", "display": "Performer"}]
+            },
+            "who": {
+                "type": "Device",
+                "identifier": {"system": "urn:iechs:engine", "value": record.engine},
+                "display": f"iechs {record.engine}",
+            },
+        }
+    ]
+    if record.actor is not None:
+        agents.append(
+            {
+                "type": {
+                    "coding": [{"system": _PARTICIPANT, "code": "enterer", "display": "Enterer"}]
+                },
+                "who": {"display": record.actor},
+            }
+        )
+    resource: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": f"iechs-provenance-{record.seq}",
+        "target": [{"reference": _urn(record, "decision"), "type": "GuidanceResponse"}],
+        "occurredDateTime": record.at,
+        "recorded": record.recorded,
+        "activity": {
+            "coding": [{"system": _DATA_OPERATION, "code": "CREATE", "display": "create"}]
+        },
+        "agent": agents,
+        "entity": [
+            {
+                "role": "source",
+                "what": {
+                    "type": "PlanDefinition",
+                    "identifier": {"system": "urn:iechs:guideline", "value": f"{g.id}|{g.version}"},
+                    "display": f"{g.id} {g.version} (sha256 {g.sha256})",
+                },
+                "extension": [{"url": GUIDELINE_SHA256_EXTENSION, "valueString": g.sha256}],
+            }
+        ],
+    }
+    if record.reason is not None:
+        resource["reason"] = [{"text": record.reason}]
+    return resource
+
+
 def to_bundle(records: Iterable[AuditRecord], store_id: str) -> dict[str, Any]:
-    """A validated `collection` Bundle of every record's AuditEvent and GuidanceResponse."""
+    """A validated `collection` Bundle: every record's AuditEvent, GuidanceResponse and (format
+    2) Provenance."""
     # Imported here: the FHIR models take a while to load and only this export needs them.
     from fhir.resources.R4B.auditevent import AuditEvent  # noqa: PLC0415
     from fhir.resources.R4B.bundle import Bundle  # noqa: PLC0415
     from fhir.resources.R4B.guidanceresponse import GuidanceResponse  # noqa: PLC0415
+    from fhir.resources.R4B.provenance import Provenance  # noqa: PLC0415
     from pydantic import ValidationError  # noqa: PLC0415
 
     entries: list[dict[str, Any]] = []
+    patients: dict[str, str] = {}  # episode -> patient id, from the episode's first record
     for record in records:
+        if record.patient is not None and isinstance(record.patient.get("id"), str):
+            patients[record.episode] = record.patient["id"]
+        patient_id = patients.get(record.episode)
         try:
-            event = AuditEvent.model_validate(audit_event(record, store_id))
-            decision = GuidanceResponse.model_validate(guidance_response(record))
+            event = AuditEvent.model_validate(audit_event(record, store_id, patient_id))
+            decision = GuidanceResponse.model_validate(guidance_response(record, patient_id))
+            source = provenance(record)
+            origin = None if source is None else Provenance.model_validate(source)
         except ValidationError as exc:
             raise AuditError(
                 problem(f"record {record.seq} does not map to valid FHIR: {exc}"), store_id
@@ -205,6 +306,13 @@ def to_bundle(records: Iterable[AuditRecord], store_id: str) -> dict[str, Any]:
                 "resource": decision.model_dump(mode="json", exclude_none=True),
             }
         )
+        if origin is not None:
+            entries.append(
+                {
+                    "fullUrl": _urn(record, "provenance"),
+                    "resource": origin.model_dump(mode="json", exclude_none=True),
+                }
+            )
     bundle = Bundle.model_validate(
         {"resourceType": "Bundle", "id": store_id, "type": "collection", "entry": entries}
     )

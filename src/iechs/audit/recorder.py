@@ -5,17 +5,18 @@ episode's snapshot, in the same transaction; a later process resumes the episode
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..decision import Decision, run_to_json
-from ..engine import SNAPSHOT_FORMAT, Engine, Episode
+from ..engine import Engine, Episode
 from ..timeline import Event, Patient, event_to_json, load_timeline, patient_to_json
 from .errors import StoreError, problem
 from .records import AuditRecord, canonical, draft_of
-from .stores import AuditStore, EpisodeUpdate, StoredEpisode, open_store
+from .snapshots import episodes_of
+from .stores import AuditStore, EpisodeUpdate, open_store
 
 __all__ = ["RecordedEpisode", "episodes_of", "run_recorded"]
 
@@ -124,18 +125,23 @@ class RecordedEpisode:
 
 
 def run_recorded(
-    engine: Engine, timeline_path: Path, location: str
+    engine: Engine,
+    timeline_path: Path,
+    location: str,
+    *,
+    clock: Callable[[], datetime] | None = None,
 ) -> tuple[str, tuple[list[Decision], dict[str, Any]]]:
     """`iechs run TIMELINE --store LOCATION`: run and record, or continue a stored episode.
 
     When the store already holds the patient's episode, it is restored and only the timeline's
     events past those recorded are stepped (a timeline that repeats the recorded events and
     adds new ones continues the episode; running the same timeline again records nothing).
-    The result covers the whole episode, as `iechs run` without a store prints it.
+    The result covers the whole episode, as `iechs run` without a store prints it. `clock`
+    gives the records' write time (default: the wall clock; see `open_store`).
     """
     timeline = load_timeline(timeline_path, engine.guideline)
     patient = timeline.patient
-    with open_store(location, create=True) as store:
+    with open_store(location, create=True, clock=clock) as store:
         saved = store.episode(patient.id)
         if saved is None:
             recorded = RecordedEpisode(engine.start(patient), store, 0)
@@ -195,29 +201,3 @@ def _not_recorded(
     if done and not +pending and all(e.at >= last for e in rest):
         return rest
     return events
-
-
-def episodes_of(records: Iterable[AuditRecord]) -> list[StoredEpisode]:
-    """Rebuild the episodes' snapshots from their records (an import has records only)."""
-    found: dict[str, dict[str, Any]] = {}
-    counts: dict[str, tuple[int, int]] = {}
-    for r in records:
-        if r.step == 0:
-            found[r.episode] = {
-                "format": SNAPSHOT_FORMAT,
-                "episode_id": r.episode,
-                "guideline": r.guideline.to_json(),
-                "patient": r.patient,
-                "inputs": [],
-                "state": r.target,
-            }
-        elif r.episode in found:
-            # the input as `Episode.step` recorded it: the event, and what was known to follow
-            later = r.decision.get("later")
-            found[r.episode]["inputs"].append({**r.event, "later": later} if later else r.event)
-            found[r.episode]["state"] = r.target
-        counts[r.episode] = (counts.get(r.episode, (0, 0))[0] + 1, r.seq)
-    return [
-        StoredEpisode(episode_id, counts[episode_id][0], counts[episode_id][1], snapshot)
-        for episode_id, snapshot in sorted(found.items())
-    ]

@@ -3,7 +3,23 @@
 A record's content is a JSON object; its hash is the SHA-256 of the content's canonical
 serialisation (JSON, sorted keys, no whitespace, UTF-8). Each record holds the hash of the one
 before it (`prev`; the first holds `GENESIS`), so changing, removing or reordering a record breaks
-the chain. Nothing here reads the clock: the only times in a record are the events' times.
+the chain.
+
+Two formats are read. `iechs.audit/2`, the one written, adds two fields to those of
+`iechs.audit/1`, both hashed with the rest:
+
+- `recorded`: when the store wrote the record (UTC, taken once per append, under the store's
+  write lock). It is metadata about the log: no decision reads it, and replay compares decisions,
+  never this field. It is the only time in a record that comes from a clock; every time in
+  `decision` is the events' time.
+- `snapshot`: on the last record of the episode in an append that saved the episode's snapshot,
+  the SHA-256 of that snapshot's canonical JSON (`snapshot_seal`); null on the other records. The
+  snapshot table lies outside the chain; this seal ties it in, so an edited snapshot is caught by
+  `iechs audit verify` and refused when an episode is restored.
+
+A record of format 1 keeps its content exactly (no new keys), so an old log verifies, exports and
+imports as it did; its snapshots are checked against the snapshot rebuilt from its records.
+Nothing here reads the clock: the store passes `recorded` in when it seals a draft.
 """
 
 from __future__ import annotations
@@ -22,6 +38,8 @@ from ..decision import Decision
 __all__ = [
     "GENESIS",
     "RECORD_FORMAT",
+    "RECORD_FORMATS",
+    "RECORD_FORMAT_1",
     "AuditRecord",
     "GuidelineIdentity",
     "RecordDraft",
@@ -29,14 +47,20 @@ __all__ = [
     "draft_of",
     "parse_record",
     "sha256_hex",
+    "snapshot_seal",
 ]
 
-RECORD_FORMAT = "iechs.audit/1"
+#: The format records are written in; `RECORD_FORMAT_1`, the prior one, is still read.
+RECORD_FORMAT = "iechs.audit/2"
+RECORD_FORMAT_1 = "iechs.audit/1"
+RECORD_FORMATS = (RECORD_FORMAT_1, RECORD_FORMAT)
 #: The `prev` of the first record of a chain.
 GENESIS = "0" * 64
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: `recorded`: an instant in UTC, as `stores.instant` writes it (FHIR's `instant` accepts it).
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 
-_CONTENT_KEYS = frozenset(
+_CONTENT_KEYS_1 = frozenset(
     {
         "actor",
         "decision",
@@ -50,6 +74,10 @@ _CONTENT_KEYS = frozenset(
         "seq",
     }
 )
+_CONTENT_KEYS = {
+    RECORD_FORMAT_1: _CONTENT_KEYS_1,
+    RECORD_FORMAT: _CONTENT_KEYS_1 | {"recorded", "snapshot"},
+}
 
 
 def canonical(value: Any) -> str:
@@ -61,6 +89,12 @@ def canonical(value: Any) -> str:
 
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def snapshot_seal(snapshot: dict[str, Any]) -> str:
+    """The SHA-256 of an episode snapshot's canonical JSON: what the store saves (that text)
+    and what the chain seals (this hash)."""
+    return sha256_hex(canonical(snapshot))
 
 
 @attrs.frozen
@@ -88,6 +122,8 @@ class AuditRecord:
     the criteria with the values they read, recommendations, alerts and deviations. `patient`
     is present on an episode's first record (step 0), so that the episode can be replayed.
     `actor` and `reason` record who overrode the guideline and why, when a host says so.
+    `recorded` is when the store wrote it and `snapshot` the seal of the episode's snapshot saved
+    with it (format 2; see the module's text); a record of format 1 has neither.
     """
 
     seq: int
@@ -99,10 +135,19 @@ class AuditRecord:
     patient: dict[str, Any] | None = None
     actor: str | None = None
     reason: str | None = None
+    recorded: str | None = None
+    snapshot: str | None = None
+    format: str = RECORD_FORMAT
+
+    def __attrs_post_init__(self) -> None:
+        if self.format not in RECORD_FORMATS:
+            raise ValueError(f"unknown record format {self.format!r}")
+        if self.format == RECORD_FORMAT_1 and (self.recorded or self.snapshot):
+            raise ValueError(f"a record of format {RECORD_FORMAT_1!r} has no recorded or snapshot")
 
     def content(self) -> dict[str, Any]:
-        return {
-            "format": RECORD_FORMAT,
+        content: dict[str, Any] = {
+            "format": self.format,
             "seq": self.seq,
             "prev": self.prev,
             "episode": self.episode,
@@ -113,6 +158,10 @@ class AuditRecord:
             "actor": self.actor,
             "reason": self.reason,
         }
+        if self.format != RECORD_FORMAT_1:
+            content["recorded"] = self.recorded
+            content["snapshot"] = self.snapshot
+        return content
 
     @functools.cached_property
     def body(self) -> str:
@@ -169,7 +218,11 @@ class RecordDraft:
     actor: str | None = None
     reason: str | None = None
 
-    def seal(self, seq: int, prev: str) -> AuditRecord:
+    def seal(
+        self, seq: int, prev: str, *, recorded: str, snapshot: str | None = None
+    ) -> AuditRecord:
+        """The record at `seq` after `prev`, written at `recorded`, sealing `snapshot` (the
+        `snapshot_seal` of the episode's snapshot saved with it) when given."""
         return AuditRecord(
             seq=seq,
             prev=prev,
@@ -180,6 +233,8 @@ class RecordDraft:
             patient=self.patient,
             actor=self.actor,
             reason=self.reason,
+            recorded=recorded,
+            snapshot=snapshot,
         )
 
 
@@ -227,11 +282,28 @@ def parse_record(content: Any) -> AuditRecord:
     """Read a record's content (parsed JSON); `ValueError` naming the path if it is not one."""
     if not isinstance(content, dict):
         raise ValueError(f"$: expected a record (a JSON object), got {type(content).__name__}")
-    if content.get("format") != RECORD_FORMAT:
-        raise ValueError(f"$.format: expected {RECORD_FORMAT!r}, got {content.get('format')!r}")
-    extra = sorted(set(content) - _CONTENT_KEYS)
+    form = content.get("format")
+    if form not in RECORD_FORMATS:
+        raise ValueError(
+            f"$.format: expected {RECORD_FORMAT!r} (or the prior {RECORD_FORMAT_1!r}), got {form!r}"
+        )
+    keys = _CONTENT_KEYS[form]
+    extra = sorted(set(content) - keys)
     if extra:
         raise ValueError(f"$.{extra[0]}: unexpected field")
+    recorded: str | None = None
+    seal: str | None = None
+    if form != RECORD_FORMAT_1:
+        missing = sorted(keys - set(content))
+        if missing:
+            raise ValueError(f"$.{missing[0]}: missing")
+        recorded = _text(content, "recorded")
+        if recorded is None or _INSTANT.fullmatch(recorded) is None:
+            raise ValueError(
+                f"$.recorded: expected a UTC instant (2026-01-12T08:00:00.000000Z), "
+                f"got {recorded!r}"
+            )
+        seal = None if content.get("snapshot") is None else _hash_text(content, "snapshot")
     seq = content.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise ValueError(f"$.seq: expected a positive whole number, got {seq!r}")
@@ -269,4 +341,7 @@ def parse_record(content: Any) -> AuditRecord:
         patient=patient,
         actor=_text(content, "actor", optional=True),
         reason=_text(content, "reason", optional=True),
+        recorded=recorded,
+        snapshot=seal,
+        format=form,
     )

@@ -21,7 +21,14 @@ from .records import AuditRecord
 from .replay import ReplayReport
 from .stores import Log, StoredRecord
 
-__all__ = ["console", "print_log", "print_record", "print_replay", "print_verification"]
+__all__ = [
+    "console",
+    "print_log",
+    "print_record",
+    "print_replay",
+    "print_verification",
+    "print_warnings",
+]
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 _RESULT_STYLE = {"TRUE": "bold green", "FALSE": "red", "UNKNOWN": "bold yellow"}
@@ -117,6 +124,11 @@ def print_verification(v: Verification, out: Console | None = None) -> None:
         )
         if v.count:
             out.print(f"Head: record {v.head.seq} ({v.head_at}), sha256 {v.head.hash}")
+        if v.snapshots:
+            out.print(
+                f"Snapshots: the {v.snapshots} saved episode snapshot(s) are the ones the chain "
+                "seals (or, for records of the prior format, the ones the records rebuild)."
+            )
     else:
         for f in v.findings:
             out.print(Text(f"TAMPERED ({f.kind}): {f.message}", style="bold red"))
@@ -127,13 +139,37 @@ def print_verification(v: Verification, out: Console | None = None) -> None:
             if cp["trusted_key"]
             else f"the key embedded in it ({cp['key_id']}; pass --public-key to pin the signer)"
         )
-        verdict = "matches" if v.ok else "checked"
+        matches = cp.get("matches")
+        verdict = "not checked" if matches is None else "matches" if matches else "does not match"
         out.print(f"Checkpoint: record {cp['seq']}, signed by {key}: {verdict}.")
+        uncovered = v.uncovered
+        if uncovered:
+            out.print(
+                Text(
+                    f"Not covered by the checkpoint: {uncovered} record(s) after its head ("
+                    + (
+                        f"record {v.count}"
+                        if uncovered == 1
+                        else f"records {cp['seq'] + 1}-{v.count}"
+                    )
+                    + "; see the warning).",
+                    style="bold yellow",
+                )
+            )
+        elif uncovered == 0:
+            out.print("The checkpoint covers every record of the log.")
     elif v.ok:
         out.print(
             "No checkpoint given: a cut-off tail or a chain rewritten to its end cannot be "
             "ruled out (pass --checkpoint)."
         )
+
+
+def print_warnings(v: Verification, out: Console) -> None:
+    """The verification's warnings, one `WARNING (kind): ...` paragraph each (to standard error,
+    where `iechs audit verify` prints them whatever the format)."""
+    for w in v.warnings:
+        out.print(Text(f"WARNING ({w.kind}): {w.message}", style="bold yellow"))
 
 
 def _print_episode_verification(v: Verification, out: Console) -> None:
@@ -247,6 +283,12 @@ def _record_header(record: AuditRecord, store_id: str, location: str, out: Conso
     out.print(f"guideline {record.guideline.label}; engine {record.engine}", markup=False)
     link = "the chain's first record" if record.seq == 1 else f"record {record.seq - 1}"
     out.print(f"sha256 {record.hash}; links to {link} ({record.prev[:16]}…)")
+    if record.recorded is not None:
+        out.print(f"written {record.recorded} (the store's clock; no decision reads it)")
+    else:
+        out.print(f"format {record.format}: no write time, no snapshot seal")
+    if record.snapshot is not None:
+        out.print(f"seals the episode's snapshot saved with it: sha256 {record.snapshot}")
     if (record.actor or record.reason) and not is_feedback(record):
         out.print(
             f"recorded by {record.actor or '(not named)'}: {record.reason or ''}", markup=False

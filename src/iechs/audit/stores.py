@@ -2,11 +2,16 @@
 read-only JSON Lines export.
 
 A store holds one hash chain (every episode's records, in append order) and the episodes'
-snapshots. An append is one transaction: it locks the chain head, seals each draft onto it,
-inserts the records, moves the head and saves the episode's snapshot, then commits; a process
-killed before the commit leaves nothing of it. SQLite runs in WAL mode with `synchronous=FULL`
-and takes the write lock up front (`BEGIN IMMEDIATE`); PostgreSQL locks the head row
-(`SELECT ... FOR UPDATE`), so concurrent writers queue and the chain never forks.
+snapshots. An append is one transaction: it locks the chain head, takes the time (`recorded`,
+the only clock reading in a record: when it was written), seals each draft onto the head, the
+episode's last one with the SHA-256 of the snapshot saved with it, inserts the records, moves
+the head and saves the snapshot, then commits; a process killed before the commit leaves nothing
+of it. SQLite runs in WAL mode with `synchronous=FULL` and takes the write lock up front
+(`BEGIN IMMEDIATE`); PostgreSQL locks the head row (`SELECT ... FOR UPDATE`), so concurrent
+writers queue and the chain never forks.
+
+Loading an episode (`AuditStore.episode`) checks its snapshot against that seal and refuses one
+the chain does not vouch for (`SnapshotSealError`; see `iechs.audit.snapshots`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import sqlite3
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -24,8 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from .errors import StoreError, problem
-from .records import GENESIS, AuditRecord, RecordDraft, canonical
+from .errors import SnapshotSealError, StoreError, problem
+from .records import GENESIS, AuditRecord, RecordDraft, canonical, parse_record, sha256_hex
 
 if TYPE_CHECKING:
     import psycopg
@@ -40,9 +46,11 @@ __all__ = [
     "Log",
     "LogView",
     "PostgresStore",
+    "SavedSnapshot",
     "SqliteStore",
     "StoredEpisode",
     "StoredRecord",
+    "instant",
     "is_postgres",
     "open_log",
     "open_store",
@@ -104,6 +112,16 @@ class StoredEpisode:
 
 
 @attrs.frozen
+class SavedSnapshot:
+    """An episode's snapshot as the store keeps it: the text, exactly as stored."""
+
+    id: str
+    steps: int
+    head_seq: int
+    text: str
+
+
+@attrs.frozen
 class EpisodeUpdate:
     """The snapshot to save with an append; `expected_steps` guards against a lost update."""
 
@@ -129,6 +147,10 @@ class LogView(Protocol):
 
     def records(self, episode: str | None = None) -> Iterator[StoredRecord]: ...
 
+    def snapshots(self) -> Iterator[SavedSnapshot]:
+        """The episodes' saved snapshots, by episode id (none in an export)."""
+        ...
+
 
 class Log(Protocol):
     """Anything that can be read as an audit log: a store or an export."""
@@ -140,15 +162,35 @@ class Log(Protocol):
     def close(self) -> None: ...
 
 
+def _no_snapshots() -> Iterator[SavedSnapshot]:
+    return iter(())
+
+
 @attrs.frozen
 class _View:
     store_id: str
     head: Head | None
     rows: Callable[[str | None], Iterator[StoredRecord]]
     only_episode: str | None = None
+    saved: Callable[[], Iterator[SavedSnapshot]] = _no_snapshots
 
     def records(self, episode: str | None = None) -> Iterator[StoredRecord]:
         return self.rows(episode)
+
+    def snapshots(self) -> Iterator[SavedSnapshot]:
+        return self.saved()
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC: read by an append, and nowhere else in the audit log."""
+    return datetime.now(UTC)
+
+
+def instant(moment: datetime) -> str:
+    """`2026-05-17T10:05:00.123456Z`: a record's `recorded` (a FHIR `instant`)."""
+    if moment.tzinfo is None:
+        raise ValueError("a record's write time needs a time zone")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def is_postgres(location: str) -> bool:
@@ -171,6 +213,8 @@ class AuditStore(ABC):
     """A store that can be written: the SQL stores share this logic, not their dialect."""
 
     location: str
+    #: the clock an append reads for `recorded` (the constructors take another, e.g. in tests).
+    clock: Callable[[], datetime] = staticmethod(utc_now)
     _placeholder = "?"
     _lock_head = "SELECT seq, hash FROM iechs_chain WHERE id = 1"
     #: run first in the transaction that creates the schema (concurrent creators queue on it).
@@ -201,9 +245,10 @@ class AuditStore(ABC):
     def _read(self) -> AbstractContextManager[Any]:
         """A read transaction with a consistent snapshot; yields a cursor."""
 
-    def _scan(self, cur: Any) -> AbstractContextManager[Any]:
-        """A cursor for a long scan inside the read transaction of `cur`."""
-        return nullcontext(cur)
+    @abstractmethod
+    def _scan(self, cur: Any, name: str) -> AbstractContextManager[Any]:
+        """A cursor of its own (`name`: unique among those open at once) for a long scan inside
+        the read transaction of `cur`."""
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self._placeholder)
@@ -262,12 +307,32 @@ class AuditStore(ABC):
     def append(
         self, drafts: Sequence[RecordDraft], episode: EpisodeUpdate | None = None
     ) -> list[AuditRecord]:
-        """Seal `drafts` onto the chain and save `episode`, in one transaction."""
+        """Seal `drafts` onto the chain and save `episode`, in one transaction.
+
+        Every record is written at the same `recorded` time; the episode's last draft seals the
+        snapshot saved with it (its SHA-256), so the snapshot is part of the chain."""
         sealed: list[AuditRecord] = []
+        sealing: int | None = None
+        text: str | None = None
+        if episode is not None:
+            text = canonical(episode.snapshot)
+            mine = [i for i, d in enumerate(drafts) if d.episode == episode.id]
+            sealing = mine[-1] if mine else None
+            if sealing is None:
+                raise StoreError(
+                    problem(
+                        f"the snapshot of episode {episode.id!r} is saved with a record of the "
+                        "episode, which seals it into the chain: this append has none"
+                    ),
+                    _shown(self.location),
+                )
         with self._translated(), self._write() as cur:
             cur.execute(self._lock_head)
             row = cur.fetchone()
             seq, prev = int(row[0]), str(row[1])
+            # Taken under the write lock: along the chain, write times never go back (one clock).
+            recorded = instant(self.clock())
+            self._refuse_stale_snapshots(cur, drafts, episode)
             if episode is not None:
                 cur.execute(
                     self._sql("SELECT steps FROM iechs_episodes WHERE id = ?"), (episode.id,)
@@ -283,11 +348,15 @@ class AuditStore(ABC):
                         ),
                         _shown(self.location),
                     )
-            for draft in drafts:
+            head_seq = seq
+            for i, draft in enumerate(drafts):
                 seq += 1
-                record = draft.seal(seq, prev)
+                seal = sha256_hex(text) if i == sealing and text is not None else None
+                record = draft.seal(seq, prev, recorded=recorded, snapshot=seal)
                 sealed.append(record)
                 prev = record.hash
+                if i == sealing:
+                    head_seq = seq
             cur.executemany(
                 self._sql(
                     "INSERT INTO iechs_records (seq, episode, hash, body) VALUES (?, ?, ?, ?)"
@@ -305,9 +374,29 @@ class AuditStore(ABC):
                         "steps = excluded.steps, head_seq = excluded.head_seq, "
                         "snapshot = excluded.snapshot"
                     ),
-                    (episode.id, episode.steps, seq, canonical(episode.snapshot)),
+                    (episode.id, episode.steps, head_seq, text),
                 )
         return sealed
+
+    def _refuse_stale_snapshots(
+        self, cur: Any, drafts: Sequence[RecordDraft], episode: EpisodeUpdate | None
+    ) -> None:
+        """An episode whose snapshot the store keeps gets records only with a new snapshot:
+        otherwise the saved one would no longer be the one its last record seals."""
+        others = sorted({d.episode for d in drafts} - ({episode.id} if episode else set()))
+        if not others:
+            return
+        marks = ", ".join("?" for _ in others)
+        cur.execute(self._sql(f"SELECT id FROM iechs_episodes WHERE id IN ({marks})"), others)
+        row = cur.fetchone()
+        if row is not None:
+            raise StoreError(
+                problem(
+                    f"the store keeps a snapshot of episode {row[0]!r}: its records are appended "
+                    "with the snapshot they lead to (an EpisodeUpdate), which they seal"
+                ),
+                _shown(self.location),
+            )
 
     def load_copy(
         self, store_id: str, records: Sequence[AuditRecord], episodes: Sequence[StoredEpisode]
@@ -345,22 +434,107 @@ class AuditStore(ABC):
     # --- reading --------------------------------------------------------------------------
 
     def episode(self, episode_id: str) -> StoredEpisode | None:
+        """The episode's saved snapshot, once checked against the chain: it must be the one
+        sealed by the episode's last record, and that record must be sound and linked into the
+        chain (the record after it, or the head, names its hash). `SnapshotSealError` when not:
+        an episode is never restored from a snapshot edited outside the log. (The whole chain is
+        walked by `iechs audit verify`, not here: a rewrite that carries the edit through every
+        later record and the head is what a signed checkpoint catches.)"""
         with self._translated(), self._read() as cur:
             cur.execute(
                 self._sql("SELECT id, steps, head_seq, snapshot FROM iechs_episodes WHERE id = ?"),
                 (episode_id,),
             )
             row = cur.fetchone()
-        if row is None:
-            return None
+            if row is None:
+                return None
+            saved = SavedSnapshot(str(row[0]), int(row[1]), int(row[2]), str(row[3]))
+            self._check_snapshot(cur, saved)
         try:
-            snapshot = json.loads(row[3])
+            snapshot = json.loads(saved.text)
         except ValueError:
             raise StoreError(
                 problem(f"the saved snapshot of episode {episode_id!r} is not JSON"),
                 _shown(self.location),
             ) from None
-        return StoredEpisode(str(row[0]), int(row[1]), int(row[2]), snapshot)
+        return StoredEpisode(saved.id, saved.steps, saved.head_seq, snapshot)
+
+    def _check_snapshot(self, cur: Any, saved: SavedSnapshot) -> None:
+        """`SnapshotSealError` unless `saved` is the snapshot the chain vouches for."""
+        from .snapshots import last_record, rebuilt_seal, snapshot_problem  # noqa: PLC0415
+
+        def refuse(why: str, seq: int | None) -> SnapshotSealError:
+            return SnapshotSealError(
+                f"{why}; refusing to restore episode {saved.id!r} from it (`iechs audit verify` "
+                "checks the whole log; `iechs audit export` and `import` make a store whose "
+                "snapshots are rebuilt from the records)",
+                _shown(self.location),
+                episode=saved.id,
+                seq=seq,
+            )
+
+        cur.execute(
+            self._sql(
+                "SELECT seq, hash, body FROM iechs_records WHERE episode = ? "
+                "ORDER BY seq DESC LIMIT 1"
+            ),
+            (saved.id,),
+        )
+        found = cur.fetchone()
+        record: AuditRecord | None = None
+        if found is not None:
+            seq, digest, body = int(found[0]), str(found[1]), str(found[2])
+            where = f"record {seq}, the last of the episode,"
+            try:
+                record = parse_record(json.loads(body))
+            except ValueError as exc:
+                raise refuse(f"{where} is unreadable ({exc})", seq) from None
+            if sha256_hex(body) != digest or canonical(json.loads(body)) != body:
+                raise refuse(f"{where} does not match its hash", seq)
+            if record.seq != seq or record.episode != saved.id:
+                raise refuse(f"{where} is not indexed as its content says", seq)
+            linked = self._linked(cur, seq, digest)
+            if linked is not None:
+                raise refuse(linked, seq)
+
+        def rebuilt() -> str | None:
+            cur.execute(
+                self._sql("SELECT body FROM iechs_records WHERE episode = ? ORDER BY seq"),
+                (saved.id,),
+            )
+            try:
+                records = [parse_record(json.loads(body)) for (body,) in cur.fetchall()]
+            except ValueError:  # an unreadable record rebuilds nothing: the snapshot is refused
+                return None
+            return rebuilt_seal(records, saved.id)
+
+        why = snapshot_problem(saved, None if record is None else last_record(record), rebuilt)
+        if why is not None:
+            raise refuse(why, saved.head_seq)
+
+    def _linked(self, cur: Any, seq: int, digest: str) -> str | None:
+        """Why record `seq` (hashing to `digest`) is not linked into the chain, or None."""
+        cur.execute(self._sql("SELECT body FROM iechs_records WHERE seq = ?"), (seq + 1,))
+        after = cur.fetchone()
+        if after is not None:
+            try:
+                names = json.loads(after[0]).get("prev")
+            except (ValueError, AttributeError):
+                names = None
+            if names != digest:
+                return (
+                    f"record {seq + 1} does not link to record {seq}, the last of the episode: "
+                    "the chain was altered there"
+                )
+            return None
+        cur.execute("SELECT seq, hash FROM iechs_chain WHERE id = 1")
+        head = cur.fetchone()
+        if head is None or (int(head[0]), str(head[1])) != (seq, digest):
+            return (
+                f"record {seq}, the last of the episode and of the log, is not the head the store "
+                "recorded: the chain was altered there"
+            )
+        return None
 
     def head(self) -> Head:
         with self._translated(), self._read() as cur:
@@ -376,7 +550,7 @@ class AuditStore(ABC):
             head = None if row is None else Head(int(row[0]), str(row[1]))
 
             def rows(episode: str | None) -> Iterator[StoredRecord]:
-                with self._translated(), self._scan(cur) as scan:
+                with self._translated(), self._scan(cur, "iechs_scan") as scan:
                     if episode is None:
                         scan.execute(
                             "SELECT seq, episode, hash, body FROM iechs_records ORDER BY seq"
@@ -394,7 +568,15 @@ class AuditStore(ABC):
                             body=body, hash=digest, seq=int(seq), episode=ep, where=f"seq {seq}"
                         )
 
-            yield _View(self.store_id, head, rows)
+            def saved() -> Iterator[SavedSnapshot]:
+                with self._translated(), self._scan(cur, "iechs_snapshots") as scan:
+                    scan.execute(
+                        "SELECT id, steps, head_seq, snapshot FROM iechs_episodes ORDER BY id"
+                    )
+                    for episode_id, steps, head_seq, text in scan:
+                        yield SavedSnapshot(str(episode_id), int(steps), int(head_seq), str(text))
+
+            yield _View(self.store_id, head, rows, saved=saved)
 
 
 class SqliteStore(AuditStore):
@@ -402,8 +584,16 @@ class SqliteStore(AuditStore):
 
     _errors = (sqlite3.Error,)
 
-    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = False,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.location = str(path)
+        if clock is not None:
+            self.clock = clock
         p = Path(path)
         if p.is_dir():
             raise StoreError(problem("is a directory, not a store file"), self.location)
@@ -458,6 +648,10 @@ class SqliteStore(AuditStore):
         finally:
             self.conn.rollback()
 
+    def _scan(self, cur: Any, name: str) -> AbstractContextManager[Any]:
+        # Another cursor of the same connection: the same read transaction.
+        return closing(self.conn.cursor())
+
 
 class PostgresStore(AuditStore):
     """PostgreSQL via psycopg 3: appends lock the chain head row (`SELECT ... FOR UPDATE`)."""
@@ -466,7 +660,11 @@ class PostgresStore(AuditStore):
     _lock_head = "SELECT seq, hash FROM iechs_chain WHERE id = 1 FOR UPDATE"
     _schema_lock = "SELECT pg_advisory_xact_lock(4201620919)"
 
-    def __init__(self, url: str, *, create: bool = False) -> None:
+    def __init__(
+        self, url: str, *, create: bool = False, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        if clock is not None:
+            self.clock = clock
         from ..extras import require  # noqa: PLC0415
 
         require("postgres")  # psycopg: `pip install 'iechs[postgres]'`
@@ -508,9 +706,9 @@ class PostgresStore(AuditStore):
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield cur
 
-    def _scan(self, cur: Any) -> AbstractContextManager[Any]:
+    def _scan(self, cur: Any, name: str) -> AbstractContextManager[Any]:
         # A server-side cursor streams a long log instead of loading it whole.
-        return self.conn.cursor(name="iechs_scan")
+        return self.conn.cursor(name=name)
 
 
 class JsonlLog:
@@ -632,16 +830,19 @@ class JsonlLog:
         yield _View(self.store_id, self.head, self._records, self.only_episode)
 
 
-def open_store(location: str, *, create: bool = False) -> AuditStore:
-    """A writable store: `PATH.db` (SQLite) or `postgresql://...`."""
+def open_store(
+    location: str, *, create: bool = False, clock: Callable[[], datetime] | None = None
+) -> AuditStore:
+    """A writable store: `PATH.db` (SQLite) or `postgresql://...`; `clock` (default: the wall
+    clock, UTC) gives appends their `recorded` time."""
     if is_postgres(location):
-        return PostgresStore(location, create=create)
+        return PostgresStore(location, create=create, clock=clock)
     if location.endswith(".jsonl"):
         raise StoreError(
             problem("a .jsonl export is read-only: use a PATH.db or postgresql:// store"),
             location,
         )
-    return SqliteStore(location, create=create)
+    return SqliteStore(location, create=create, clock=clock)
 
 
 def open_log(location: str) -> AuditStore | JsonlLog:
