@@ -610,9 +610,10 @@ def test_feedback_is_recorded_in_the_audit_log(
     assert head(store) == before
     wrong_service = {"feedback": [{**bad["feedback"][0]}]}
     response = client.post(f"{S.PATIENT_VIEW}/feedback", json=wrong_service)
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert response.json()["error"] == (
-        f"$.feedback[0].card: no card '{card['uuid']}' was issued by iechs-patient-view"
+        f"$.feedback[0].card: no card '{card['uuid']}' was issued by iechs-patient-view to "
+        "this client"
     )
     good = {
         "feedback": [
@@ -673,6 +674,27 @@ def test_feedback_is_recorded_in_the_audit_log(
     ]
 
 
+def test_a_library_caller_records_feedback_under_its_own_actor(store: str) -> None:
+    from iechs.service.core import HookService, ServiceConfig
+
+    service = HookService(ServiceConfig(store=store))
+    try:
+        context = {"patientId": "svc-steroid", "userId": "Practitioner/haem-1"}
+        cards = service.patient_view(context, None, None, "http://localhost/review")
+        item = {
+            "card": cards[-1]["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-05-17T11:00Z",
+        }
+        (done,) = service.feedback("iechs-patient-view", [item], "Practitioner/haem-1")
+    finally:
+        service.close()
+    with open_log(store) as log, log.reading() as view:
+        record = next(read_record(i)[0] for i in view.records() if i.seq == done["seq"])
+    assert record is not None
+    assert record.actor == "Practitioner/haem-1"
+
+
 def test_feedback_on_a_closed_episode_is_refused(client: httpx.Client, store: str) -> None:
     (card,) = cards(client, S.PATIENT_VIEW, S.patient_view("demo-day14"))
     before = head(store)
@@ -699,13 +721,23 @@ def test_serve_refuses_bad_configuration(
     assert main(["serve", "--store", store, "--jwt-issuer", "https://ehr"]) == 2
     assert "--jwt-issuer and --jwt-key go together" in capsys.readouterr().err
     (tmp_path / "key.pem").write_text("not a key")
-    assert (
-        main(
-            ["serve", "--store", store, "--jwt-issuer", "x", "--jwt-key", str(tmp_path / "key.pem")]
-        )
-        == 2
-    )
+    jwt_options = ["--jwt-issuer", "x", "--jwt-key", str(tmp_path / "key.pem")]
+    # The tokens' audience is the public URL, never the request's Host header.
+    assert main(["serve", "--store", store, *jwt_options]) == 2
+    assert "--jwt-issuer needs --public-url" in capsys.readouterr().err
+    public = ["--public-url", "https://cds.example.org"]
+    assert main(["serve", "--store", store, *jwt_options, *public]) == 2
     assert "not a PEM public key" in capsys.readouterr().err
+    for bad, message in (
+        (["--public-url", "cds.example.org"], "expected an absolute http(s) URL"),
+        (["--allow-origin", "*"], "--allow-origin '*': expected an origin"),
+        (["--allow-origin", "https://ehr.example.org/app"], "without path or wildcard"),
+        (["--feedback-per-card", "0"], "--feedback-per-card must be at least 1"),
+        (["--max-feedback-text", "0"], "--max-feedback-text must be at least 1"),
+        (["--max-token-lifetime", "0"], "--max-token-lifetime must be more than 0"),
+    ):
+        assert main(["serve", "--store", store, *bad]) == 2
+        assert message in capsys.readouterr().err
     (tmp_path / "page.html").write_text('<code id="guideline-sha256">' + "0" * 64 + "</code>")
     assert main(["serve", "--store", store, "--review-page", str(tmp_path / "page.html")]) == 2
     assert "is not the review page of this guideline" in capsys.readouterr().err

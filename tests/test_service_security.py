@@ -1,5 +1,8 @@
-"""Protection of the service: CDS Hooks JWTs (in-process checks of the verifier, and a server
-process that requires them), and what an authenticated client's feedback records."""
+"""Protection of the service: CDS Hooks JWTs (in-process checks of the verifier, and server
+processes that require them: audience from --public-url only, proxy headers trusted only from
+--forwarded-allow-ips, token lifetime, `jti` replay refused by every process over the store),
+tenant scoping of episodes and card feedback, and what an authenticated client's feedback
+records."""
 
 from __future__ import annotations
 
@@ -21,9 +24,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from iechs import Engine
-from iechs.audit import open_log, run_recorded
+from iechs.audit import open_log, open_store, run_recorded
 from iechs.audit.chain import read_record
+from iechs.service.clients import tenant_episode_id
 from iechs.service.security import AuthError, KeyFileError, TokenVerifier
+from iechs.service.tables import ServiceTables
+from iechs.service.tokens import UsedTokens
 
 
 def _load_helpers() -> Any:
@@ -40,6 +46,8 @@ def _load_helpers() -> Any:
 S = _load_helpers()
 ISSUER = "https://ehr.example.org"
 AUD = "http://127.0.0.1:9/cds-services/iechs-order-sign"
+#: The servers' public URL: the audience of every token they accept.
+PUBLIC = "https://cds.example.org"
 
 
 def claims(**changes: Any) -> dict[str, Any]:
@@ -116,6 +124,49 @@ def test_tokens_that_are_refused(
         verifier.verify(sign(ec_key, **changes), [AUD])
 
 
+def test_long_lived_tokens_and_unusable_tenants_are_refused(
+    ec_key: ec.EllipticCurvePrivateKey, pem_file: Path
+) -> None:
+    verifier = TokenVerifier(ISSUER, pem_file)
+    now = int(time.time())
+    ten_years = now + 10 * 365 * 86400
+    with pytest.raises(AuthError, match=r"lives 315360000 s \(exp - iat\), longer than the 300 s"):
+        verifier.verify(sign(ec_key, exp=ten_years), [AUD])
+    with pytest.raises(AuthError, match="lives 301 s"):
+        verifier.verify(sign(ec_key, iat=now, exp=now + 301), [AUD])
+    assert verifier.verify(sign(ec_key, iat=now, exp=now + 300), [AUD])["iss"] == ISSUER
+    # ... nor an iat moved ahead to make a long-lived token look short.
+    with pytest.raises(AuthError, match="not yet valid"):
+        verifier.verify(sign(ec_key, iat=ten_years - 300, exp=ten_years), [AUD])
+    strict = TokenVerifier(ISSUER, pem_file, max_lifetime=60)
+    with pytest.raises(AuthError, match="longer than the 60 s"):
+        strict.verify(sign(ec_key), [AUD])
+    for tenant in (7, "", "a\u0000b", "t" * 257):
+        with pytest.raises(AuthError, match="the tenant claim must be"):
+            verifier.verify(sign(ec_key, tenant=tenant), [AUD])
+
+
+def test_used_token_ids_are_kept_in_the_store_until_they_expire(tmp_path: Path) -> None:
+    open_store(str(tmp_path / "audit.db"), create=True).close()
+    tables = ServiceTables(str(tmp_path / "audit.db"))
+    used = UsedTokens(tables, leeway_s=60)
+    try:
+        assert used.first_use(ISSUER, "a", expires=1000.0, now=900.0)
+        assert not used.first_use(ISSUER, "a", expires=1000.0, now=950.0)
+        assert used.first_use("https://other.example.org", "a", expires=1000.0, now=950.0)
+        # Kept while the token could still be accepted (its exp, plus the leeway) ...
+        assert not used.first_use(ISSUER, "a", expires=1000.0, now=1059.0)
+        assert used.count() == 2
+        # ... then dropped: such a token is refused as expired anyway.
+        assert used.first_use(ISSUER, "b", expires=2000.0, now=1061.0 + 60)
+        assert used.count() == 1
+        other = UsedTokens(ServiceTables(str(tmp_path / "audit.db")), leeway_s=60)
+        assert not other.first_use(ISSUER, "b", expires=2000.0, now=1200.0)  # another process
+        other.tables.close()
+    finally:
+        tables.close()
+
+
 def test_unsigned_symmetric_forged_and_replayed_tokens_are_refused(
     ec_key: ec.EllipticCurvePrivateKey, pem_file: Path
 ) -> None:
@@ -173,26 +224,45 @@ def test_unusable_key_files(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) 
 # --- a server that requires tokens -------------------------------------------------------------
 
 
+PATIENT = "svc-no-steroid"
+IL6 = "tocilizumab-monotherapy-deviation.json"  # first line since its last event
+
+
+def record_as(engine: Engine, timeline: Path, store: str, episode: str, folder: Path) -> None:
+    """Record `timeline` in `store` as episode `episode` (the patient id of the timeline)."""
+    data = json.loads(timeline.read_text())
+    data["patient"]["id"] = episode
+    path = folder / f"{uuid.uuid4()}.json"
+    path.write_text(json.dumps(data))
+    run_recorded(engine, path, store)
+
+
 @pytest.fixture(scope="module")
 def secured(
     tmp_path_factory: pytest.TempPathFactory, engine: Engine, ec_key: ec.EllipticCurvePrivateKey
 ) -> Iterator[Any]:
     folder = tmp_path_factory.mktemp("secured")
     store = str(folder / "audit.db")
-    run_recorded(engine, S.NO_STEROID, store)
+    # One patient id, three episodes: no tenant's (IEC-HS suspected), tenant north's (the
+    # same course) and tenant south's (first line: steroids started).
+    record_as(engine, S.NO_STEROID, store, PATIENT, folder)
+    record_as(engine, S.NO_STEROID, store, tenant_episode_id("north", PATIENT), folder)
+    record_as(engine, S.EXAMPLES / IL6, store, tenant_episode_id("south", PATIENT), folder)
     keys = folder / "ehr.jwks.json"
     keys.write_text(json.dumps(jwks(ec_key, "ehr-1", "ES384")))
-    with S.serving(store, "--jwt-issuer", ISSUER, "--jwt-key", str(keys), log_dir=folder) as server:
+    options = ("--jwt-issuer", ISSUER, "--jwt-key", str(keys), "--public-url", PUBLIC)
+    with S.serving(store, *options, log_dir=folder) as server:
         server.store = store
+        server.options = options
         yield server
 
 
 def test_every_cds_call_needs_a_token_for_its_endpoint(
     secured: Any, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    base = secured.url
+    base = PUBLIC  # the audience: the public URL, whatever address the request came to
     body = S.order_sign("svc-no-steroid", S.medication_request("tocilizumab", "t1"))
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=secured.url, timeout=60) as client:
         refused = client.post(S.ORDER_SIGN, json=body)
         assert refused.status_code == 401
         assert refused.headers["www-authenticate"] == "Bearer"
@@ -235,3 +305,164 @@ def test_every_cds_call_needs_a_token_for_its_endpoint(
         record = [read_record(item)[0] for item in view.records()][-1]
     assert record is not None
     assert record.actor == f"cds-client {ISSUER} sub ehr-client tenant north"
+
+
+def _call(
+    client: httpx.Client, key: Any, path: str, body: dict[str, Any], **claims: Any
+) -> httpx.Response:
+    """POST `body` to `path` with a fresh token for that endpoint (and these claims)."""
+    aud = f"{PUBLIC}{path}"
+    return client.post(path, json=body, headers={"authorization": sign(key, aud=aud, **claims)})
+
+
+def test_the_audience_is_the_public_url_never_the_requests_own(
+    secured: Any, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    body = S.patient_view(PATIENT)
+    path = S.PATIENT_VIEW
+    with httpx.Client(base_url=secured.url, timeout=60) as client:
+        # Tokens minted for other services, sent with the Host and proxy headers that would
+        # once have made this service take their audience as its own.
+        spoofed = [
+            ("http://evil.example", {"host": "evil.example"}),
+            (
+                f"https://127.0.0.1:{secured.port}",
+                {"x-forwarded-proto": "https", "x-forwarded-for": "10.0.0.1"},
+            ),
+            (secured.url, {}),  # even the address the request came to: not the public URL
+        ]
+        for base, headers in spoofed:
+            token = sign(ec_key, aud=f"{base}{path}")
+            response = client.post(path, json=body, headers={"authorization": token, **headers})
+            assert response.status_code == 401, base
+            assert "Audience doesn't match" in response.json()["error"]
+        assert _call(client, ec_key, path, body).status_code == 200
+
+
+def test_proxy_headers_are_trusted_only_from_the_addresses_named(
+    tmp_path: Path, engine: Engine
+) -> None:
+    store = str(tmp_path / "audit.db")
+    run_recorded(engine, S.NO_STEROID, store)
+    forwarded = {"x-forwarded-proto": "https"}
+    for options, scheme in (((), "http"), (("--forwarded-allow-ips", "127.0.0.1"), "https")):
+        with (
+            S.serving(store, *options, log_dir=tmp_path) as server,
+            httpx.Client(base_url=server.url, timeout=60) as client,
+        ):
+            response = client.post(S.PATIENT_VIEW, json=S.patient_view(PATIENT), headers=forwarded)
+            assert response.status_code == 200
+            # The card links to the review page at the URL the service believes it has.
+            link = response.json()["cards"][0]["links"][0]["url"]
+            assert link == f"{scheme}://127.0.0.1:{server.port}/review", options
+
+
+def test_a_long_lived_token_is_refused_by_the_server(
+    secured: Any, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    now = int(time.time())
+    with httpx.Client(base_url=secured.url, timeout=60) as client:
+        response = _call(
+            client, ec_key, S.PATIENT_VIEW, S.patient_view(PATIENT), exp=now + 10 * 365 * 86400
+        )
+        assert response.status_code == 401
+        assert "(--max-token-lifetime)" in response.json()["error"]
+
+
+def test_a_token_is_used_once_by_every_process_over_the_store(
+    secured: Any, ec_key: ec.EllipticCurvePrivateKey, tmp_path: Path
+) -> None:
+    body = S.patient_view(PATIENT)
+    token = sign(ec_key, aud=f"{PUBLIC}{S.PATIENT_VIEW}")
+    jti = jwt.decode(token.split()[1], options={"verify_signature": False})["jti"]
+    with (
+        S.serving(secured.store, *secured.options, log_dir=tmp_path) as replica,
+        httpx.Client(base_url=secured.url, timeout=60) as a,
+        httpx.Client(base_url=replica.url, timeout=60) as b,
+    ):
+        assert (
+            a.post(S.PATIENT_VIEW, json=body, headers={"authorization": token}).status_code == 200
+        )
+        for client in (b, a):  # replayed to the other replica, or to the same one
+            replayed = client.post(S.PATIENT_VIEW, json=body, headers={"authorization": token})
+            assert replayed.status_code == 401
+            assert replayed.json()["error"] == f"JWT {jti!r} was already used (replay)"
+        assert _call(b, ec_key, S.PATIENT_VIEW, body).status_code == 200
+    tables = ServiceTables(secured.store)
+    try:
+        (row,) = tables.query(
+            "read", "SELECT issuer, expires FROM iechs_service_tokens WHERE jti = ?", (jti,)
+        )
+    finally:
+        tables.close()
+    assert row[0] == ISSUER
+    assert row[1] > time.time()  # kept until the token expires
+
+
+def _state(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    found = [c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "state"]
+    return str(found[0]["summary"]) if found else ""
+
+
+def test_each_tenant_reads_its_own_episodes_only(
+    secured: Any, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    body = S.patient_view(PATIENT)
+    path = S.PATIENT_VIEW
+    with httpx.Client(base_url=secured.url, timeout=60) as client:
+        assert _state(_call(client, ec_key, path, body)).startswith(
+            "IEC-HS episode: IEC-HS suspected"
+        )
+        assert _state(_call(client, ec_key, path, body, tenant="north")).startswith(
+            "IEC-HS episode: IEC-HS suspected"
+        )
+        assert _state(_call(client, ec_key, path, body, tenant="south")).startswith(
+            "IEC-HS episode: First line"
+        )
+        # A tenant with no episode of this patient: nothing, not another tenant's.
+        assert _call(client, ec_key, path, body, tenant="east").json() == {"cards": []}
+        # No client can name another tenant's episode: not by the patient id in context ...
+        for tenant in (None, "south"):
+            claims = {"tenant": tenant} if tenant else {}
+            named = _call(client, ec_key, path, S.patient_view("@north/" + PATIENT), **claims)
+            assert named.status_code == 400
+            assert named.json()["error"].startswith(
+                "$.context.patientId: a patient id does not start with '@'"
+            )
+        # ... nor by the prefetched Patient's identifier.
+        patient = {
+            "resourceType": "Patient",
+            "identifier": [
+                {"system": "https://iechs.dev/fhir/sid/patient-id", "value": "@north/" + PATIENT}
+            ],
+        }
+        prefetched = S.patient_view("x1", prefetch={"patient": patient})
+        response = _call(client, ec_key, path, prefetched, tenant="east")
+        assert response.status_code == 400
+        assert response.json()["error"].startswith("$.prefetch.patient.identifier[0].value:")
+
+
+def test_feedback_only_from_the_client_the_card_was_issued_to(
+    secured: Any, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    body = S.patient_view(PATIENT)
+    url = f"{S.PATIENT_VIEW}/feedback"
+    with httpx.Client(base_url=secured.url, timeout=60) as client:
+        north = _call(client, ec_key, S.PATIENT_VIEW, body, tenant="north").json()["cards"]
+        card = north[1]["uuid"]
+        item = {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-05-17T10:00:00Z"}
+        with open_store(secured.store) as store:
+            before = store.head()
+        for claims in ({"tenant": "south"}, {}, {"tenant": "North"}):
+            response = _call(client, ec_key, url, {"feedback": [item]}, **claims)
+            assert response.status_code == 404, claims
+            assert response.json()["error"] == (
+                f"$.feedback[0].card: no card '{card}' was issued by iechs-patient-view to this "
+                "client"
+            )
+        with open_store(secured.store) as store:
+            assert store.head() == before  # nothing recorded
+        done = _call(client, ec_key, url, {"feedback": [item]}, tenant="north")
+        assert done.status_code == 200, done.text
+        assert done.json()["recorded"][0]["episode"] == tenant_episode_id("north", PATIENT)

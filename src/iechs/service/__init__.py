@@ -12,9 +12,17 @@
 - `GET /review`: the guideline's review page, which every card links to.
 
 Episodes live in the audit store (`--store PATH.db` or `postgresql://...`) and are read from it
-on every request, so any number of service processes can answer for any patient. Time is the
-hook's (`extension["dev.iechs.now"]`) or the episode's last event: nothing reads the clock while
-deciding. The modules: `core` (the services, framework-free), `cards`, `orders`, `issued` (the
-cards the service handed out, for feedback), `security` (JWT, size limits), `schemas` (the
-request and response models), `app` (FastAPI), `commands` (`iechs serve`).
+on every request, so any number of service processes can answer for any patient; a process keeps
+the episodes it restored and replays only what was recorded since. A client reads its tenant's
+episodes only (`tenant_episode_id`). Time is the hook's (`extension["dev.iechs.now"]`) or the
+episode's last event: nothing reads the clock while deciding. The modules: `core` (the services,
+framework-free), `cards`, `orders`, `episodes` (restored episodes, kept), `clients` (who calls,
+which episodes it reads), `issued` (the cards handed out, for feedback, and its limits),
+`tokens` (the JWT ids used), `tables` (the service's tables in the store's database),
+`security` (JWT, size limits), `schemas` (the request and response models), `app` (FastAPI,
+CORS), `commands` (`iechs serve`).
 """
+
+from .clients import tenant_episode_id
+
+__all__ = ["tenant_episode_id"]

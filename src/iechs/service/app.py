@@ -1,9 +1,11 @@
 """The FastAPI application of `iechs serve`.
 
-The services run on one worker thread (the store's connection belongs to it); the event loop
+The services run on one worker thread (the store's connections belong to it); the event loop
 only parses, checks and answers. Every error is `{"error": "..."}` naming the field, with a
 4xx status for what the client can fix (400 malformed, 401 not authenticated, 404 unknown
-service, 409 the episode cannot take it, 413 too large) and 503 when the store is unavailable.
+service or card, 409 the episode cannot take it, 413 too large, 429 too much feedback) and 503
+when the store is unavailable. With allowed origins (`--allow-origin`), browsers on those
+origins may call (CORS); no other origin gets a CORS header.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from .._version import __version__
+from .clients import Client
 from .core import ORDER_SIGN, PATIENT_VIEW, HookService, ServiceConfig
 from .errors import ServiceError
 from .schemas import (
@@ -40,19 +44,23 @@ from .schemas import (
 )
 from .security import Guard, TokenVerifier
 
-__all__ = ["build", "create_app", "review_page"]
+__all__ = ["CORS_HEADERS", "build", "create_app", "review_page"]
 
 T = TypeVar("T")
 _SHA = re.compile(r'<code id="guideline-sha256">([0-9a-f]{64})</code>')
+#: The request headers a browser client may send (the CDS Hooks sandbox sends these).
+CORS_HEADERS = ("Authorization", "Content-Type", "Accept")
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     what = {
         400: "malformed request: the message names the field",
         401: "no valid JWT (when the service requires one)",
-        404: "no such service",
+        404: "no such service (feedback: no such card issued to this client)",
         409: "the stored episode cannot take this (closed, other guideline, changed meanwhile)",
-        413: "request body too large",
+        413: "request body too large (feedback: a text longer than --max-feedback-text)",
+        429: "too much feedback: per card (--feedback-per-card) or per minute "
+        "(--feedback-per-minute, with Retry-After)",
         503: "the store is unavailable",
     }
     return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}
@@ -116,22 +124,22 @@ def _validation_message(exc: RequestValidationError) -> str:
     return shown + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
 
 
-def _actor(request: Request) -> str:
-    claims = getattr(request.state, "iechs_claims", None)
-    if not claims:
-        return "cds-client (unauthenticated)"
-    actor = f"cds-client {claims.get('iss')}"
-    for key in ("sub", "tenant"):
-        if claims.get(key):
-            actor += f" {key} {claims[key]}"
-    return actor
+def _client(request: Request) -> Client:
+    """The client of the request's verified JWT (none: the service requires no JWT)."""
+    return Client.of(getattr(request.state, "iechs_claims", None))
 
 
-def create_app(config: ServiceConfig, service: HookService | None = None) -> FastAPI:
-    """The FastAPI app (without the size and JWT guard: see `build`)."""
+def create_app(
+    config: ServiceConfig,
+    service: HookService | None = None,
+    executor: ThreadPoolExecutor | None = None,
+) -> FastAPI:
+    """The FastAPI app (without the size and JWT guard and CORS: see `build`); `executor`:
+    its one worker thread."""
     core = service if service is not None else HookService(config)
     meta = core.g.guideline
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iechs-service")
+    if executor is None:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iechs-service")
     page, no_page = review_page(config, core.g.sha256)
 
     async def run(call: Callable[..., T], *args: Any) -> T:
@@ -162,7 +170,7 @@ def create_app(config: ServiceConfig, service: HookService | None = None) -> Fas
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -199,7 +207,11 @@ def create_app(config: ServiceConfig, service: HookService | None = None) -> Fas
     )
     async def patient_view(body: PatientViewRequest, request: Request) -> JSONResponse:
         cards = await run(
-            core.patient_view,
+            functools.partial(
+                core.patient_view,
+                hook_instance=body.hookInstance,
+                client=_client(request),
+            ),
             body.context.model_dump(exclude_unset=True),
             body.prefetch,
             body.extension,
@@ -215,7 +227,11 @@ def create_app(config: ServiceConfig, service: HookService | None = None) -> Fas
     )
     async def order_sign(body: OrderSignRequest, request: Request) -> JSONResponse:
         cards = await run(
-            core.order_sign,
+            functools.partial(
+                core.order_sign,
+                hook_instance=body.hookInstance,
+                client=_client(request),
+            ),
             body.context.model_dump(exclude_unset=True),
             body.prefetch,
             body.extension,
@@ -227,11 +243,14 @@ def create_app(config: ServiceConfig, service: HookService | None = None) -> Fas
         "/cds-services/{service_id}/feedback",
         summary="feedback: a card accepted or overridden (with the reason), into the audit log",
         response_model=None,
-        responses={200: {"model": FeedbackResponse}, **_errors(400, 401, 404, 409, 413, 503)},
+        responses={
+            200: {"model": FeedbackResponse},
+            **_errors(400, 401, 404, 409, 413, 429, 503),
+        },
     )
     async def feedback(service_id: str, body: FeedbackRequest, request: Request) -> JSONResponse:
         items = [item.model_dump(exclude_unset=True) for item in body.feedback]
-        recorded = await run(core.feedback, service_id, items, _actor(request))
+        recorded = await run(core.feedback, service_id, items, _client(request))
         return JSONResponse({"recorded": recorded})
 
     @app.get(
@@ -241,7 +260,12 @@ def create_app(config: ServiceConfig, service: HookService | None = None) -> Fas
         response_model=None,
         responses={
             200: {"content": {"text/html": {"schema": {"type": "string"}}}},
-            **_errors(404),
+            404: {
+                "description": "no review page of this guideline here (the message says why)",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                },
+            },
         },
     )
     async def review() -> HTMLResponse | JSONResponse:
@@ -272,15 +296,39 @@ def create_app(config: ServiceConfig, service: HookService | None = None) -> Fas
 
 
 def build(config: ServiceConfig, service: HookService | None = None) -> ASGIApp:
-    """The app behind its guard: body size limit and, when configured, JWT checks."""
-    verifier = (
-        TokenVerifier(config.jwt_issuer, config.jwt_key)
-        if config.jwt_issuer and config.jwt_key
-        else None
-    )
-    return Guard(
-        create_app(config, service),
+    """The app behind its guard (body size limit and, when configured, JWT checks, the used
+    token ids shared through the store), and CORS for the allowed origins, if any."""
+    core = service if service is not None else HookService(config)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iechs-service")
+
+    async def on_worker(call: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(call, *args))
+
+    verifier = None
+    if config.jwt_issuer and config.jwt_key:
+        verifier = TokenVerifier(
+            config.jwt_issuer,
+            config.jwt_key,
+            max_lifetime=config.max_token_lifetime,
+            first_use=core.first_use_of_token,
+        )
+    app: ASGIApp = Guard(
+        create_app(config, core, executor),
         limit=config.max_body,
         verifier=verifier,
         public_url=config.public_url,
+        run=on_worker,
     )
+    if config.allow_origins:
+        # Outside the guard: a preflight carries no token, and a 401 or 413 must reach the
+        # page's script too. No cookies are used, so no credentials are allowed.
+        app = CORSMiddleware(
+            app,
+            allow_origins=list(config.allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=list(CORS_HEADERS),
+            expose_headers=["Retry-After", "WWW-Authenticate"],
+            max_age=600,
+        )
+    return app

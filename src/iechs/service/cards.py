@@ -1,9 +1,10 @@
 """CDS Hooks cards from what the engine said: the state with its recommendations, and alerts.
 
 Every card names its primary citation in `source` (label, url, topic) and lists all its
-citations in `detail`; every card links to the guideline's review page. Card and suggestion
-uuids are derived from the card's content (uuid5), so the same answer gets the same uuid in
-every service process and every run.
+citations in `detail`; every card links to the guideline's review page. A card's uuid is
+derived (uuid5) from the hook call's `hookInstance`, the service, the episode and the card's
+content, and its suggestions' uuids from the card's: unique to each hook call, and the same
+call answered by any service process, or again, gets the same uuids.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = [
     "TOPIC_DISPLAY",
     "TOPIC_SYSTEM",
     "CardMaker",
+    "card_uuid",
+    "content_of",
     "summary_text",
     "with_uuids",
 ]
@@ -59,6 +62,7 @@ TOPIC_DISPLAY = {
     "treatment_unconfirmed": "Treatment not yet confirmed by the data",
     "actions": "What to do next",
     "high_risk_patient": "High risk of IEC-HS",
+    "prefetch_failed": "Prefetched data unavailable",
 }
 _NAMESPACE = uuid.UUID("6c1f9d4e-2b7a-4f0e-9a53-8d2e1c7b4a90")
 _YEAR = re.compile(r"\b(19|20)\d\d\b")
@@ -74,15 +78,35 @@ def summary_text(text: str) -> str:
     return cut.rstrip(" ,;:") + "…"
 
 
-def with_uuids(card: dict[str, Any], service: str, episode: str) -> dict[str, Any]:
-    """The card with its `uuid` (and its suggestions' uuids) derived from its content."""
-    key = canonical({"service": service, "episode": episode, "card": card})
-    card_uuid = str(uuid.uuid5(_NAMESPACE, key))
-    out = {"uuid": card_uuid, **card}
+def card_uuid(
+    card: dict[str, Any], *, service: str, episode: str, hook_instance: str | None
+) -> str:
+    """The uuid of `card` (its content, without uuids) answering one hook call: derived from the
+    call's `hookInstance` (None: from the content alone), the service, the episode and the
+    content."""
+    key = {"service": service, "episode": episode, "card": content_of(card)}
+    if hook_instance is not None:
+        key["hookInstance"] = hook_instance.lower()
+    return str(uuid.uuid5(_NAMESPACE, canonical(key)))
+
+
+def with_uuids(card: dict[str, Any], card_id: str) -> dict[str, Any]:
+    """The card with its `uuid`, and its suggestions' uuids derived from it."""
+    out = {"uuid": card_id, **{k: v for k, v in card.items() if k != "uuid"}}
     if "suggestions" in card:
         out["suggestions"] = [
-            {**s, "uuid": str(uuid.uuid5(_NAMESPACE, f"{card_uuid}/suggestions/{i}"))}
+            {**s, "uuid": str(uuid.uuid5(_NAMESPACE, f"{card_id}/suggestions/{i}"))}
             for i, s in enumerate(card["suggestions"])
+        ]
+    return out
+
+
+def content_of(card: dict[str, Any]) -> dict[str, Any]:
+    """The card without its uuids (what `with_uuids` adds)."""
+    out = {k: v for k, v in card.items() if k != "uuid"}
+    if "suggestions" in card:
+        out["suggestions"] = [
+            {k: v for k, v in s.items() if k != "uuid"} for s in card["suggestions"]
         ]
     return out
 
@@ -319,6 +343,21 @@ class CardMaker:
             ]
         card["links"] = self._links()
         return card
+
+    def prefetch_card(self, key: str, problem: str, *, looked_up: str) -> dict[str, Any]:
+        """An info card: the prefetched `key` came as an error (an OperationOutcome saying
+        `problem`), and the service carried on without it (`looked_up`: how)."""
+        return {
+            "summary": summary_text(
+                f"Prefetched {key} unavailable: the episode was looked up without it"
+            ),
+            "detail": f"The EHR could not prefetch `{key}`: it sent an OperationOutcome instead "
+            f"({problem}). The service carried on as if `{key}` had not been prefetched: "
+            f"{looked_up}" + self._footer(),
+            "indicator": "info",
+            "source": self.source((), "prefetch_failed", TOPIC_DISPLAY["prefetch_failed"]),
+            "links": self._links(),
+        }
 
 
 def _order_suggestion(a: Action, patient: str) -> dict[str, Any]:

@@ -6,12 +6,17 @@ Imports nothing heavy until `run` (FastAPI, uvicorn and the engine load only whe
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from urllib.parse import urlsplit
 
 __all__ = ["HELP", "configure", "run"]
 
 HELP = "serve CDS Hooks (patient-view, order-sign, feedback) over an audit store"
 _LOOPBACK = ("127.", "::1", "localhost")
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--public-url",
         metavar="URL",
-        help="this service's base URL as clients see it (JWT audience, links); default: the "
-        "request's",
+        help="this service's base URL as clients see it: the JWT audience (required with "
+        "--jwt-issuer; never taken from the request) and the cards' links (default: the "
+        "request's)",
     )
     parser.add_argument(
         "--review-url", metavar="URL", help="where cards link to the review page (default: /review)"
@@ -54,6 +60,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the issuer's public key: a PEM file or a JWK Set (JSON)",
     )
     parser.add_argument(
+        "--max-token-lifetime",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="longest a JWT may live, exp - iat (default 300: CDS Hooks clients sign for 5 "
+        "minutes; longer: 401)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin (https://host[:port]) allowed to call the service (CORS); "
+        "repeat for more; default none: no CORS headers",
+    )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="trust X-Forwarded-Proto/For from these proxy addresses (comma-separated, as "
+        "uvicorn's); default: trust no proxy header",
+    )
+    parser.add_argument(
         "--max-body",
         type=int,
         default=1 << 20,
@@ -61,13 +89,88 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="largest request body accepted (default 1 MiB; larger: 413)",
     )
     parser.add_argument(
+        "--feedback-per-card",
+        type=int,
+        default=10,
+        metavar="N",
+        help="feedbacks taken per card, ever (default 10; more: 429)",
+    )
+    parser.add_argument(
+        "--feedback-per-minute",
+        type=int,
+        default=60,
+        metavar="N",
+        help="feedbacks taken per client in any minute, over all replicas (default 60; more: "
+        "429 with Retry-After)",
+    )
+    parser.add_argument(
+        "--max-feedback-text",
+        type=int,
+        default=1000,
+        metavar="CHARS",
+        help="longest override comment or reason text taken (default 1000; longer: 413)",
+    )
+    parser.add_argument(
+        "--keep-cards-days",
+        type=float,
+        default=30.0,
+        metavar="DAYS",
+        help="how long an issued card takes feedback (default 30)",
+    )
+    parser.add_argument(
         "--access-log", action="store_true", help="log every request (uvicorn's access log)"
     )
 
 
+def _origins(given: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """The allowed origins as browsers send them (scheme://host[:port], lower case), or why
+    one is not an origin."""
+    out = []
+    for origin in given:
+        shown = origin.strip().rstrip("/").lower()
+        if _ORIGIN.fullmatch(shown) is None:
+            return (), (
+                f"--allow-origin {origin!r}: expected an origin, scheme://host[:port] (e.g. "
+                "https://sandbox.cds-hooks.org), without path or wildcard"
+            )
+        out.append(shown)
+    return tuple(dict.fromkeys(out)), None
+
+
+def _public_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        return f"--public-url {url!r}: expected an absolute http(s) URL without query or fragment"
+    return None
+
+
+def _limits_problem(args: argparse.Namespace) -> str | None:
+    for name in ("max_body", "feedback_per_card", "feedback_per_minute", "max_feedback_text"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1"
+    for name in ("max_token_lifetime", "keep_cards_days"):
+        if not getattr(args, name) > 0:
+            return f"--{name.replace('_', '-')} must be more than 0"
+    return None
+
+
+def _config_problem(args: argparse.Namespace) -> str | None:
+    """Why the options cannot be served, or None."""
+    if bool(args.jwt_issuer) != bool(args.jwt_key):
+        return "--jwt-issuer and --jwt-key go together"
+    if args.jwt_issuer and not args.public_url:
+        return (
+            "--jwt-issuer needs --public-url: a token's audience is this service's URL as "
+            "clients see it, and it is never taken from the request's headers"
+        )
+    if args.public_url and (problem := _public_url_problem(args.public_url)):
+        return problem
+    return _limits_problem(args)
+
+
 def _without_password(location: str) -> str:
     """A store location fit for messages: a URL's password replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
+    from urllib.parse import urlunsplit
 
     parts = urlsplit(location)
     if not parts.scheme.startswith("postgres") or parts.password is None:
@@ -86,11 +189,10 @@ def run(args: argparse.Namespace) -> int:
     from .errors import ServiceError
     from .security import KeyFileError, TokenVerifier
 
-    if bool(args.jwt_issuer) != bool(args.jwt_key):
-        print("iechs serve: --jwt-issuer and --jwt-key go together", file=sys.stderr)
-        return 2
-    if args.max_body < 1:
-        print("iechs serve: --max-body must be at least 1", file=sys.stderr)
+    origins, bad_origin = _origins(args.allow_origin)
+    problem = bad_origin or _config_problem(args)
+    if problem:
+        print(f"iechs serve: {problem}", file=sys.stderr)
         return 2
     config = ServiceConfig(
         store=args.store,
@@ -102,6 +204,12 @@ def run(args: argparse.Namespace) -> int:
         jwt_issuer=args.jwt_issuer,
         jwt_key=args.jwt_key,
         max_body=args.max_body,
+        allow_origins=origins,
+        max_token_lifetime=args.max_token_lifetime,
+        feedback_per_card=args.feedback_per_card,
+        feedback_per_minute=args.feedback_per_minute,
+        max_feedback_text=args.max_feedback_text,
+        keep_cards_days=args.keep_cards_days,
     )
     if args.jwt_key:
         try:
@@ -113,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     service = HookService(config)  # loads and compiles the guideline: bad input exits 2
     open_store(args.store, create=False).close()  # an unusable store exits 2 before serving
     try:
-        _ = service.issued  # creates the table of issued cards
+        _ = service.tables  # creates the service's tables
     except ServiceError as exc:
         print(f"iechs serve: {Problem(exc.message).render(shown)}", file=sys.stderr)
         return 2
@@ -136,6 +244,12 @@ def run(args: argparse.Namespace) -> int:
             "can reach this port can read patients' episodes and write feedback",
             file=sys.stderr,
         )
+    if origins and not args.jwt_issuer:
+        print(
+            f"iechs serve: warning: --allow-origin without --jwt-issuer: any page of "
+            f"{', '.join(origins)} can read patients' episodes and write feedback",
+            file=sys.stderr,
+        )
     if no_page:
         print(f"iechs serve: warning: /review: {no_page}", file=sys.stderr)
     print(
@@ -150,5 +264,9 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="warning",
         access_log=args.access_log,
+        # X-Forwarded-* only from the proxies named: otherwise anyone on this host could say
+        # the request came over https from elsewhere.
+        proxy_headers=args.forwarded_allow_ips is not None,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     return 0

@@ -1,36 +1,44 @@
-"""The CDS services, without the web framework: an answer is a function of the request and
-of what the audit store holds when it arrives.
+"""The CDS services, without the web framework: an answer is a function of the request, of the
+client asking and of what the audit store holds when it arrives.
 
 Each request restores the patient's episode from the store (no in-process copy can go stale,
-so any number of service processes can serve any patient). `patient-view` and `order-sign`
-work on that restored copy and record nothing; feedback appends to the episode, and when
-another process appended first, reloads and tries again (the store refuses a write based on a
-stale episode, so the chain never forks). Not thread-safe: the app runs it on one thread.
+so any number of service processes can serve any patient); a restored episode is kept and
+continued, so that a request replays only what was recorded since (`episodes`). `patient-view`
+and `order-sign` work on that episode and record nothing; feedback appends to the episode, and
+when another process appended first, reloads and tries again (the store refuses a write based
+on a stale episode, so the chain never forks). A client reads only its tenant's episodes and
+gives feedback only on the cards issued to it (`clients`). Not thread-safe: the app runs it on
+one thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import attrs
 
-from ..audit.errors import StoreError
+from ..audit.errors import SnapshotSealError, StoreError
 from ..audit.recorder import RecordedEpisode
 from ..audit.stores import AuditStore, open_store
 from ..criteria import Evaluation
-from ..decision import Alert, Decision
-from ..engine import Engine
+from ..engine import Engine, Episode
 from ..errors import EpisodeError
 from ..loader import load_guideline
 from ..timeline import format_time, parse_time
-from .cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM, CardMaker, with_uuids
+from .cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM, CardMaker, card_uuid, with_uuids
+from .clients import ANONYMOUS, TENANT_PREFIX, Client
+from .episodes import RestoredEpisodes, private_copy
 from .errors import ServiceError, bad_request
 from .issued import IssuedCard, IssuedCards
 from .orders import read_draft_orders
+from .security import LEEWAY_S, MAX_TOKEN_LIFETIME_S
+from .tables import ServiceTables
+from .tokens import UsedTokens
 
 __all__ = [
     "EXT_NOW",
@@ -40,6 +48,7 @@ __all__ = [
     "PATIENT_VIEW",
     "SERVICES",
     "HookService",
+    "Located",
     "ServiceConfig",
 ]
 
@@ -78,6 +87,27 @@ class ServiceConfig:
     jwt_issuer: str | None = None
     jwt_key: str | None = None
     max_body: int = 1 << 20
+    #: browser origins allowed to call (CORS); none: no CORS headers at all.
+    allow_origins: tuple[str, ...] = ()
+    #: the longest a JWT may live (`exp - iat`), in seconds.
+    max_token_lifetime: float = MAX_TOKEN_LIFETIME_S
+    #: feedback limits: per card ever, per client per minute, characters of a text.
+    feedback_per_card: int = 10
+    feedback_per_minute: int = 60
+    max_feedback_text: int = 1000
+    #: how long an issued card takes feedback, in days.
+    keep_cards_days: float = 30.0
+
+
+@attrs.frozen
+class Located:
+    """The episode a hook call is about."""
+
+    episode: str
+    #: the patient id the episode was found by.
+    patient: str
+    #: a prefetched resource that came as an error: (key, what its OperationOutcome says).
+    prefetch_failed: tuple[str, str] | None = None
 
 
 def _event_text(event: Mapping[str, Any]) -> str:
@@ -103,8 +133,11 @@ class HookService:
         self.order_alerts = ORDER_ALERTS | {
             r.alert for r in self.g.rules.values() if r.upon == "treatment"
         }
+        self.episodes = RestoredEpisodes(self.engine)
         self._store: AuditStore | None = None
+        self._tables: ServiceTables | None = None
         self._issued: IssuedCards | None = None
+        self._tokens: UsedTokens | None = None
 
     # --- the store -------------------------------------------------------------------------
 
@@ -118,17 +151,29 @@ class HookService:
         return self._store
 
     @property
+    def tables(self) -> ServiceTables:
+        if self._tables is None:
+            self._tables = ServiceTables(self.config.store)
+        return self._tables
+
+    @property
     def issued(self) -> IssuedCards:
         if self._issued is None:
-            self._issued = IssuedCards(self.config.store)
+            self._issued = IssuedCards(self.tables, self.config.keep_cards_days)
         return self._issued
 
+    @property
+    def tokens(self) -> UsedTokens:
+        if self._tokens is None:
+            self._tokens = UsedTokens(self.tables, LEEWAY_S)
+        return self._tokens
+
     def close(self) -> None:
-        for resource in (self._store, self._issued):
+        for resource in (self._store, self._tables):
             if resource is not None:
                 with contextlib.suppress(Exception):  # a broken connection is dropped anyway
                     resource.close()
-        self._store = self._issued = None
+        self._store = self._tables = self._issued = self._tokens = None
 
     def _guarded(self, call: Any, *args: Any) -> Any:
         """Run `call`; a store failure drops the connections (the next request reconnects)."""
@@ -142,15 +187,28 @@ class HookService:
                 self.close()
             raise
 
-    def _resume(self, episode_id: str) -> RecordedEpisode | None:
-        if self.store.episode(episode_id) is None:
-            return None
+    def first_use_of_token(self, issuer: str, jti: str, expires: float) -> bool:
+        """`security.FirstUse` over the store: a token id is used once, by all processes."""
+        result: bool = self._guarded(self.tokens.first_use, issuer, jti, expires)
+        return result
+
+    def _resume(self, episode_id: str, *, private: bool = True) -> RecordedEpisode | None:
         try:
-            return RecordedEpisode.resume(self.engine, self.store, episode_id)
+            saved = self.store.episode(episode_id)
+        except SnapshotSealError as exc:  # not the store failing: this episode is refused
+            raise ServiceError(
+                409, f"episode {episode_id!r} cannot be restored here: {exc.render()}"
+            ) from None
+        if saved is None:
+            return None
+        where = f"{self.store.location} (episode {episode_id})"
+        try:
+            episode = self.episodes.restore(saved, self.store.store_id, where, private=private)
         except EpisodeError as exc:
             raise ServiceError(
                 409, f"episode {episode_id!r} cannot be restored here: {exc.render()}"
             ) from None
+        return RecordedEpisode(episode, self.store, saved.steps)
 
     # --- requests --------------------------------------------------------------------------
 
@@ -181,15 +239,24 @@ class HookService:
         }
 
     @staticmethod
-    def episode_id(context: Mapping[str, Any], prefetch: Mapping[str, Any] | None) -> str:
-        """The episode of the patient in context (see `PATIENT_ID_SYSTEM`)."""
-        pid = str(context["patientId"])
+    def locate(
+        context: Mapping[str, Any],
+        prefetch: Mapping[str, Any] | None,
+        client: Client = ANONYMOUS,
+    ) -> Located:
+        """The episode of the patient in context, among those `client` may read: the patient
+        id is `context.patientId`, or the identifier of `PATIENT_ID_SYSTEM` of the prefetched
+        Patient. A prefetched `patient` that is an OperationOutcome (the EHR could not fetch it)
+        is as if there were none, and says so."""
+        pid = _patient_id(context["patientId"], "$.context.patientId")
         patient = (prefetch or {}).get("patient")
         if patient is None:
-            return pid
+            return Located(client.episode_id(pid), pid)
         path = "$.prefetch.patient"
+        if isinstance(patient, Mapping) and patient.get("resourceType") == "OperationOutcome":
+            return Located(client.episode_id(pid), pid, ("patient", _outcome_text(patient)))
         if not isinstance(patient, Mapping) or patient.get("resourceType") != "Patient":
-            raise bad_request(path, "expected a FHIR Patient resource")
+            raise bad_request(path, "expected a FHIR Patient resource (or an OperationOutcome)")
         if patient.get("id") is not None and patient.get("id") != pid:
             raise bad_request(
                 f"{path}.id",
@@ -201,20 +268,10 @@ class HookService:
         for k, ident in enumerate(identifiers):
             if not isinstance(ident, Mapping):
                 raise bad_request(f"{path}.identifier[{k}]", "expected a JSON object")
-            value = ident.get("value")
             if ident.get("system") == PATIENT_ID_SYSTEM:
-                if (
-                    not isinstance(value, str)
-                    or not value.strip()
-                    or len(value) > 256
-                    or _CONTROL.search(value) is not None
-                ):
-                    raise bad_request(
-                        f"{path}.identifier[{k}].value",
-                        "expected a patient id (1-256 characters, no control characters)",
-                    )
-                return value
-        return pid
+                value = _patient_id(ident.get("value"), f"{path}.identifier[{k}].value")
+                return Located(client.episode_id(value), value)
+        return Located(client.episode_id(pid), pid)
 
     @staticmethod
     def _at(extension: Mapping[str, Any] | None, last: datetime | None) -> datetime | None:
@@ -240,9 +297,15 @@ class HookService:
         prefetch: Mapping[str, Any] | None,
         extension: Mapping[str, Any] | None,
         review_url: str,
+        *,
+        hook_instance: str | None = None,
+        client: Client = ANONYMOUS,
     ) -> list[dict[str, Any]]:
+        """The patient-view cards for the call `hook_instance` (its card uuids derive from it)."""
         result: list[dict[str, Any]] = self._guarded(
-            self._patient_view, context, prefetch, extension, review_url
+            lambda: self._patient_view(
+                context, prefetch, extension, review_url, hook_instance=hook_instance, client=client
+            )
         )
         return result
 
@@ -252,38 +315,60 @@ class HookService:
         prefetch: Mapping[str, Any] | None,
         extension: Mapping[str, Any] | None,
         review_url: str,
+        *,
+        hook_instance: str | None,
+        client: Client,
     ) -> list[dict[str, Any]]:
-        episode_id = self.episode_id(context, prefetch)
-        recorded = self._resume(episode_id)
+        located = self.locate(context, prefetch, client)
+        recorded = self._resume(located.episode, private=False)
         last = recorded.episode.decisions[-1].at if recorded is not None else None
         at = self._at(extension, last)  # checked even when there is no episode
-        if recorded is None or at is None or last is None:
-            return []  # no IEC-HS episode recorded for this patient: nothing to say
-        ep = recorded.episode
-        if not ep.closed and at > last:
-            ep.advance(at)  # what is due now; on this copy only, never recorded
-        entered_at = max(i for i, d in enumerate(ep.decisions) if d.step == 0 or d.changed)
+        maker = CardMaker(self.g, review_url)
+        cards = []
+        if recorded is not None and at is not None and last is not None:
+            ep = recorded.episode
+            if not ep.closed and at > last:
+                ep = private_copy(ep)  # what is due now: on a copy, never recorded
+                ep.advance(at)
+            cards = self._episode_cards(maker, located.episode, ep, str(context["patientId"]))
+        # else no IEC-HS episode recorded for this patient: nothing to say about it
+        cards += self._prefetch_cards(maker, located)
+        return self._issue(PATIENT_VIEW, located.episode, cards, hook_instance, client)
+
+    def _episode_cards(
+        self, maker: CardMaker, episode_id: str, ep: Episode, patient: str
+    ) -> list[dict[str, Any]]:
+        current = self.episodes.current_state(episode_id, ep)
         identified = None
         if "iec_hs_identified" in self.g.criteria and not ep.closed:
             identified = Evaluation(self.engine.plan, ep.facts)("iec_hs_identified").value
-        maker = CardMaker(self.g, review_url)
         cards = []
-        next_steps = maker.actions_card(
-            ep.decisions[-1].actions, state=ep.state, patient=str(context["patientId"])
-        )
+        next_steps = maker.actions_card(ep.decisions[-1].actions, state=ep.state, patient=patient)
         if next_steps is not None:
             cards.append(next_steps)
-        cards.append(maker.state_card(ep.decisions[entered_at], ep.state, identified))
-        latest: dict[str, tuple[Alert, Decision]] = {}
-        for d in ep.decisions[entered_at:]:  # the alerts raised in the current state
-            for alert in d.alerts:
-                latest[alert.code] = (alert, d)
-        ordered = sorted(latest.values(), key=lambda ad: (_RANK[ad[0].severity], ad[0].at))
+        cards.append(maker.state_card(ep.decisions[current.entered], ep.state, identified))
+        # The alerts raised in the current state, the latest of each code.
+        ordered = sorted(current.latest.values(), key=lambda ad: (_RANK[ad[0].severity], ad[0].at))
         cards += [
             maker.alert_card(alert, state=ep.state, raised_by=_event_text(d.event))
             for alert, d in ordered
         ]
-        return self._issue(PATIENT_VIEW, episode_id, cards)
+        return cards
+
+    @staticmethod
+    def _prefetch_cards(maker: CardMaker, located: Located) -> list[dict[str, Any]]:
+        if located.prefetch_failed is None:
+            return []
+        key, problem = located.prefetch_failed
+        return [
+            maker.prefetch_card(
+                key,
+                problem,
+                looked_up=f"the episode was looked up by `context.patientId` "
+                f"({located.patient!r}) alone, so an episode recorded under the patient's "
+                f"identifier of `{PATIENT_ID_SYSTEM}` is not found this way.",
+            )
+        ]
 
     def order_sign(
         self,
@@ -291,9 +376,15 @@ class HookService:
         prefetch: Mapping[str, Any] | None,
         extension: Mapping[str, Any] | None,
         review_url: str,
+        *,
+        hook_instance: str | None = None,
+        client: Client = ANONYMOUS,
     ) -> list[dict[str, Any]]:
+        """The order-sign cards for the call `hook_instance` (its card uuids derive from it)."""
         result: list[dict[str, Any]] = self._guarded(
-            self._order_sign, context, prefetch, extension, review_url
+            lambda: self._order_sign(
+                context, prefetch, extension, review_url, hook_instance=hook_instance, client=client
+            )
         )
         return result
 
@@ -303,62 +394,93 @@ class HookService:
         prefetch: Mapping[str, Any] | None,
         extension: Mapping[str, Any] | None,
         review_url: str,
+        *,
+        hook_instance: str | None,
+        client: Client,
     ) -> list[dict[str, Any]]:
-        episode_id = self.episode_id(context, prefetch)
-        recorded = self._resume(episode_id)
+        located = self.locate(context, prefetch, client)
+        recorded = self._resume(located.episode)
         last = recorded.episode.decisions[-1].at if recorded is not None else None
         at = self._at(extension, last)
         # Read the orders even when there is no episode: a malformed request is refused alike.
         orders = read_draft_orders(
             context.get("draftOrders"), self.g, at or _NO_TIME, patient=str(context["patientId"])
         )
-        if recorded is None or recorded.episode.closed:
-            return []
-        ep = recorded.episode
         maker = CardMaker(self.g, review_url)
         cards = []
-        for k, order in enumerate(orders):
-            # The engine decides, on this copy of the episode: the same answer as recording.
-            # The draft orders are one order set: each is judged knowing the others.
-            try:
-                decision = ep.step(order.event, later=[o.event for o in orders[k + 1 :]])
-            except EpisodeError as exc:  # pragma: no cover - time and closure checked above
-                raise ServiceError(409, exc.render()) from None
-            cards += [
-                maker.alert_card(alert, state=decision.source or decision.target, order=order)
-                for alert in decision.alerts
-                if alert.code in self.order_alerts
-            ]
-        cards.sort(key=lambda c: _RANK[c["indicator"]])
-        return self._issue(ORDER_SIGN, episode_id, cards)
+        if recorded is not None and not recorded.episode.closed:
+            ep = recorded.episode
+            for k, order in enumerate(orders):
+                # The engine decides, on this copy of the episode: the same answer as recording.
+                # The draft orders are one order set: each is judged knowing the others.
+                try:
+                    decision = ep.step(order.event, later=[o.event for o in orders[k + 1 :]])
+                except EpisodeError as exc:  # pragma: no cover - time and closure checked above
+                    raise ServiceError(409, exc.render()) from None
+                cards += [
+                    maker.alert_card(alert, state=decision.source or decision.target, order=order)
+                    for alert in decision.alerts
+                    if alert.code in self.order_alerts
+                ]
+            cards.sort(key=lambda c: _RANK[c["indicator"]])
+        cards += self._prefetch_cards(maker, located)
+        return self._issue(ORDER_SIGN, located.episode, cards, hook_instance, client)
 
     def _issue(
-        self, service: str, episode_id: str, cards: list[dict[str, Any]]
+        self,
+        service: str,
+        episode_id: str,
+        cards: list[dict[str, Any]],
+        hook_instance: str | None,
+        client: Client,
     ) -> list[dict[str, Any]]:
-        out = [with_uuids(c, service, episode_id) for c in cards]
-        self.issued.add(service, episode_id, out)
+        out = [
+            with_uuids(
+                c,
+                card_uuid(c, service=service, episode=episode_id, hook_instance=hook_instance),
+            )
+            for c in cards
+        ]
+        self.issued.add(service, episode_id, client.key, out)
         return out
 
     # --- feedback --------------------------------------------------------------------------
 
     def feedback(
-        self, service_id: str, items: Sequence[Mapping[str, Any]], actor: str
+        self,
+        service_id: str,
+        items: Sequence[Mapping[str, Any]],
+        client: Client | str = ANONYMOUS,
     ) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._guarded(self._feedback, service_id, items, actor)
+        """Record each feedback item (all or none) on the episode of its card, from `client`
+        (a text: the actor an unauthenticated library caller records under)."""
+        if isinstance(client, str):
+            caller, actor = ANONYMOUS, client
+        else:
+            caller, actor = client, client.actor
+        result: list[dict[str, Any]] = self._guarded(
+            self._feedback, service_id, items, caller, actor
+        )
         return result
 
     def _feedback(
-        self, service_id: str, items: Sequence[Mapping[str, Any]], actor: str
+        self, service_id: str, items: Sequence[Mapping[str, Any]], client: Client, actor: str
     ) -> list[dict[str, Any]]:
         if service_id not in SERVICES:
             raise ServiceError(404, f"no CDS service {service_id!r} (see GET /cds-services)")
         # Check everything first: a refused request changes nothing.
         planned: list[tuple[IssuedCard, str, str]] = []
         for i, item in enumerate(items):
-            issued, reason = self._feedback_reason(service_id, item, f"$.feedback[{i}]")
+            issued, reason = self._feedback_reason(service_id, item, f"$.feedback[{i}]", client)
             planned.append((issued, reason, str(item["outcome"])))
         for episode_id in dict.fromkeys(issued.episode for issued, _, _ in planned):
             self._writable(episode_id)
+        self.issued.admit_feedback(
+            Counter(issued.uuid for issued, _, _ in planned),
+            client.key,
+            per_card=self.config.feedback_per_card,
+            per_minute=self.config.feedback_per_minute,
+        )
         return [
             {
                 "card": issued.uuid,
@@ -369,13 +491,29 @@ class HookService:
             for issued, reason, outcome in planned
         ]
 
+    def _text(self, value: Any, path: str, *, required: bool = False) -> str:
+        """A text of a feedback (a comment, a coding's parts): not blank, not too long."""
+        text = str(value)
+        if not text.strip():
+            raise bad_request(path, "empty" if required else "empty: leave it out")
+        if len(text) > self.config.max_feedback_text:
+            raise ServiceError(
+                413,
+                f"{path}: {len(text)} characters, more than the "
+                f"{self.config.max_feedback_text} taken (--max-feedback-text)",
+            )
+        return text
+
     def _feedback_reason(
-        self, service_id: str, item: Mapping[str, Any], path: str
+        self, service_id: str, item: Mapping[str, Any], path: str, client: Client
     ) -> tuple[IssuedCard, str]:
         card_id = str(item["card"])
         issued = self.issued.get(card_id)
-        if issued is None or issued.service != service_id:
-            raise bad_request(f"{path}.card", f"no card {card_id!r} was issued by {service_id}")
+        if issued is None or issued.service != service_id or issued.client != client.key:
+            # Another client's card is answered as an unknown one: no card leaks its existence.
+            raise ServiceError(
+                404, f"{path}.card: no card {card_id!r} was issued by {service_id} to this client"
+            )
         try:
             when = format_time(parse_time(item["outcomeTimestamp"]))
         except ValueError as exc:
@@ -386,15 +524,22 @@ class HookService:
             f"CDS Hooks feedback: card {issued.uuid} ({service_id}, {topic}, "
             f'{card.get("indicator")}: "{card.get("summary")}") {item["outcome"]} at {when}'
         )
-        accepted = item.get("acceptedSuggestions") or []
-        override = item.get("overrideReason") or {}
+        accepted = item.get("acceptedSuggestions")
+        override = item.get("overrideReason")
+        if item["outcome"] == "accepted" and not accepted:
+            raise bad_request(
+                f"{path}.acceptedSuggestions",
+                "an accepted card names the suggestions accepted (CDS Hooks cds-fb-2: if "
+                "outcome is 'accepted', acceptedSuggestions SHALL be provided); a card whose "
+                "advice was followed without a suggestion is not reported as accepted",
+            )
         if item["outcome"] == "overridden" and accepted:
             raise bad_request(f"{path}.acceptedSuggestions", "an overridden card accepts none")
-        if item["outcome"] == "accepted" and override:
+        if item["outcome"] == "accepted" and override is not None:
             raise bad_request(f"{path}.overrideReason", "an accepted card has no override reason")
         offered = {s.get("uuid"): s.get("label") for s in card.get("suggestions", [])}
         labels = []
-        for k, suggestion in enumerate(accepted):
+        for k, suggestion in enumerate(accepted or []):
             if suggestion["id"] not in offered:
                 raise bad_request(
                     f"{path}.acceptedSuggestions[{k}].id",
@@ -403,21 +548,39 @@ class HookService:
             labels.append(f'"{offered[suggestion["id"]]}"')
         if labels:
             text += "; accepted suggestions: " + ", ".join(labels)
-        reason = override.get("reason")
-        if reason:
-            display = reason.get("display") or (
-                dict(OVERRIDE_REASONS).get(reason["code"])
-                if reason.get("system") == OVERRIDE_SYSTEM
-                else None
-            )
-            text += f"; override reason {reason.get('system') or ''}#{reason['code']}"
-            text += f' "{display}"' if display else ""
-        if override.get("userComment"):
-            text += f'; comment: "{override["userComment"]}"'
+        if override is not None:
+            text += self._override_text(override, f"{path}.overrideReason")
         return issued, text
 
+    def _override_text(self, override: Mapping[str, Any], path: str) -> str:
+        reason = override.get("reason")
+        comment = override.get("userComment")
+        if reason is None and comment is None:
+            raise bad_request(
+                path,
+                "expected a reason, a userComment or both (CDS Hooks cds-fb-3: an "
+                "overrideReason must contain a reason, a userComment, or both); a card "
+                "dismissed without a reason is sent without overrideReason",
+            )
+        text = ""
+        if reason is not None:
+            code = self._text(reason.get("code"), f"{path}.reason.code", required=True)
+            system = reason.get("system")
+            if system is not None:
+                system = self._text(system, f"{path}.reason.system")
+            display = reason.get("display")
+            if display is not None:
+                display = self._text(display, f"{path}.reason.display")
+            elif system == OVERRIDE_SYSTEM:
+                display = dict(OVERRIDE_REASONS).get(code)
+            text += f"; override reason {system or ''}#{code}"
+            text += f' "{display}"' if display else ""
+        if comment is not None:
+            text += f'; comment: "{self._text(comment, f"{path}.userComment")}"'
+        return text
+
     def _writable(self, episode_id: str) -> None:
-        recorded = self._resume(episode_id)
+        recorded = self._resume(episode_id, private=False)
         if recorded is None:
             raise ServiceError(409, f"episode {episode_id!r} is no longer in the store")
         if recorded.episode.closed:
@@ -447,3 +610,42 @@ class HookService:
         raise ServiceError(
             409, f"episode {episode_id!r} kept changing while the feedback was recorded; retry"
         )
+
+
+def _patient_id(value: Any, path: str) -> str:
+    """A patient id from a request: 1-256 characters, no control characters, not starting
+    with `TENANT_PREFIX` (reserved for tenants' episodes, see `clients`)."""
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > 256
+        or _CONTROL.search(value) is not None
+    ):
+        raise bad_request(path, "expected a patient id (1-256 characters, no control characters)")
+    if value.startswith(TENANT_PREFIX):
+        raise bad_request(
+            path, f"a patient id does not start with {TENANT_PREFIX!r} (tenants' episodes do)"
+        )
+    return value
+
+
+def _outcome_text(outcome: Mapping[str, Any]) -> str:
+    """What an OperationOutcome says, in one short line (its issues' diagnostics, details or
+    codes, as plain text)."""
+    said = []
+    issues = outcome.get("issue")
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, Mapping):
+            continue
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (
+            details.get("text") if isinstance(details, Mapping) else None
+        )
+        if not isinstance(text, str) or not text.strip():
+            text = " ".join(str(issue.get(k)) for k in ("severity", "code") if issue.get(k))
+        if text.strip():
+            said.append(" ".join(_CONTROL.sub(" ", text).split()))
+    shown = "; ".join(said[:3]) or "no issue described"
+    if len(shown) > 300:
+        shown = shown[:297].rsplit(" ", 1)[0] + "…"
+    return f'"{shown}"'

@@ -1,36 +1,48 @@
-"""The cards the service handed out, kept in the audit store's database so that feedback on a
-card reaches any service process (a CDS Hooks feedback names only the card's uuid).
+"""The cards the service handed out, kept in the store's database (`iechs_service_cards`, see
+`tables`) so that feedback on a card reaches any service process (a CDS Hooks feedback names
+only the card's uuid), comes only from the client the card was issued to, and is limited.
 
-The table `iechs_service_cards` is not part of the hash chain: a card is only an offer. What
-the clinician did with it is recorded in the chain when the feedback arrives, with the card's
-content copied into the record's reason.
+A card's content is kept once however often it is shown (`iechs_service_card_content`); each
+issue (a uuid, unique to the hook call) is a small row, dropped after `keep_days`. The chain
+does not hold cards: what the clinician did with one is recorded there when the feedback
+arrives, with the card's content copied into the record's reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import sqlite3
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from ..audit.records import canonical
-from ..audit.stores import is_postgres
+from .cards import content_of, with_uuids
 from .errors import ServiceError
+from .tables import ServiceTables
 
-__all__ = ["IssuedCard", "IssuedCards"]
+__all__ = ["FEEDBACK_WINDOW_S", "IssuedCard", "IssuedCards"]
 
-_CREATE = (
-    "CREATE TABLE IF NOT EXISTS iechs_service_cards (uuid TEXT PRIMARY KEY, "
-    "service TEXT NOT NULL, episode TEXT NOT NULL, card TEXT NOT NULL)"
+#: The window of the feedback rate limit (`--feedback-per-minute`).
+FEEDBACK_WINDOW_S = 60.0
+_HOUSEKEEPING_S = 600.0
+
+_INSERT_CONTENT = (
+    "INSERT INTO iechs_service_card_content (digest, card) VALUES (?, ?) "
+    "ON CONFLICT (digest) DO NOTHING"
 )
-_INSERT = (
-    "INSERT INTO iechs_service_cards (uuid, service, episode, card) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (uuid) DO NOTHING"
+_INSERT_CARD = (
+    "INSERT INTO iechs_service_cards (uuid, service, episode, client, content, issued_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uuid) DO NOTHING"
 )
-_SELECT = "SELECT uuid, service, episode, card FROM iechs_service_cards WHERE uuid = ?"
-_PG_LOCK = "SELECT pg_advisory_xact_lock(4201620920)"
+_SELECT = (
+    "SELECT c.uuid, c.service, c.episode, c.client, c.feedbacks, t.card "
+    "FROM iechs_service_cards c JOIN iechs_service_card_content t ON t.digest = c.content "
+    "WHERE c.uuid = ?"
+)
 
 
 @attrs.frozen
@@ -38,71 +50,134 @@ class IssuedCard:
     uuid: str
     service: str
     episode: str
+    #: `Client.key` of the client it was issued to.
+    client: str
+    #: how many feedbacks it has taken.
+    feedbacks: int
+    #: the card as it was handed out (uuids included).
     card: dict[str, Any]
 
 
 class IssuedCards:
-    """The issued cards of one store (`PATH.db` or `postgresql://...`), on its own connection."""
+    """The issued cards of one store; an issue is kept `keep_days`."""
 
-    def __init__(self, location: str) -> None:
-        self.postgres = is_postgres(location)
-        try:
-            if self.postgres:
-                import psycopg  # noqa: PLC0415 - only PostgreSQL users load it
+    def __init__(self, tables: ServiceTables, keep_days: float = 30.0) -> None:
+        self.tables = tables
+        self.keep_s = keep_days * 86400.0
+        self._swept = 0.0
 
-                self.pg: Any = psycopg.connect(location, autocommit=True, connect_timeout=10)
-                with self.pg.transaction(), self.pg.cursor() as cur:
-                    cur.execute(_PG_LOCK)  # replicas starting together create it once
-                    cur.execute(_CREATE)
-            else:
-                self.lite = sqlite3.connect(location, isolation_level=None, timeout=60.0)
-                self.lite.execute("PRAGMA busy_timeout = 60000")
-                self.lite.execute("PRAGMA synchronous = NORMAL")  # an offer, not a record
-                self.lite.execute(_CREATE)
-        except Exception as exc:
-            raise ServiceError(503, f"cannot open the issued-cards table: {exc}") from None
-
-    def close(self) -> None:
-        (self.pg if self.postgres else self.lite).close()
-
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s") if self.postgres else statement
-
-    def add(self, service: str, episode: str, cards: Sequence[dict[str, Any]]) -> None:
-        """Keep the cards not kept yet (a card's uuid is derived from its content, so the
-        same card shown again is found, and costs a read instead of a write)."""
-        rows = [
-            (c["uuid"], service, episode, canonical(c))
-            for c in cards
-            if self.get(c["uuid"]) is None
-        ]
-        if not rows:
+    def add(
+        self,
+        service: str,
+        episode: str,
+        client: str,
+        cards: Sequence[dict[str, Any]],
+        now: float | None = None,
+    ) -> None:
+        """Keep the cards of one hook call (the same call answered again is kept once)."""
+        if not cards:
             return
-        try:
-            if self.postgres:
-                with self.pg.transaction(), self.pg.cursor() as cur:
-                    cur.executemany(self._sql(_INSERT), rows)
-            else:
-                self.lite.execute("BEGIN IMMEDIATE")
-                try:
-                    self.lite.executemany(_INSERT, rows)
-                except BaseException:
-                    self.lite.rollback()
-                    raise
-                self.lite.execute("COMMIT")
-        except Exception as exc:
-            raise ServiceError(503, f"cannot record the issued cards: {exc}") from None
+        now = time.time() if now is None else now
+        contents = []
+        rows = []
+        for card in cards:
+            text = canonical(content_of(card))
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            contents.append((digest, text))
+            rows.append((card["uuid"], service, episode, client, digest, now))
+        sql = self.tables.sql
+        with self.tables.transaction("record the issued cards") as cur:
+            cur.executemany(sql(_INSERT_CONTENT), contents)
+            cur.executemany(sql(_INSERT_CARD), rows)
+        if now - self._swept > _HOUSEKEEPING_S:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the issues older than `keep_days`, the contents no issue names any more, and
+        the feedback times past the rate window."""
+        self._swept = now
+        sql = self.tables.sql
+        with self.tables.transaction("drop old issued cards", exclusive=True) as cur:
+            cur.execute(
+                sql("DELETE FROM iechs_service_cards WHERE issued_at < ?"), (now - self.keep_s,)
+            )
+            cur.execute(
+                "DELETE FROM iechs_service_card_content WHERE digest NOT IN "
+                "(SELECT content FROM iechs_service_cards)"
+            )
+            cur.execute(
+                sql("DELETE FROM iechs_service_feedback WHERE at <= ?"),
+                (now - FEEDBACK_WINDOW_S,),
+            )
 
     def get(self, card_uuid: str) -> IssuedCard | None:
-        try:
-            if self.postgres:
-                with self.pg.cursor() as cur:
-                    cur.execute(self._sql(_SELECT), (card_uuid,))
-                    row = cur.fetchone()
-            else:
-                row = self.lite.execute(_SELECT, (card_uuid,)).fetchone()
-        except Exception as exc:
-            raise ServiceError(503, f"cannot read the issued cards: {exc}") from None
-        if row is None:
+        rows = self.tables.query("read the issued cards", _SELECT, (card_uuid,))
+        if not rows:
             return None
-        return IssuedCard(str(row[0]), str(row[1]), str(row[2]), json.loads(row[3]))
+        uuid_, service, episode, client, feedbacks, text = rows[0]
+        return IssuedCard(
+            str(uuid_),
+            str(service),
+            str(episode),
+            str(client),
+            int(feedbacks),
+            with_uuids(json.loads(text), str(uuid_)),
+        )
+
+    def admit_feedback(
+        self,
+        counts: Mapping[str, int],
+        client: str,
+        *,
+        per_card: int,
+        per_minute: int,
+        now: float | None = None,
+    ) -> None:
+        """Count `counts` (card uuid -> feedbacks in this request) against the limits: at most
+        `per_card` feedbacks per card, ever, and `per_minute` per client in any minute, across
+        every process. Over a limit: a 429 and nothing counted."""
+        now = time.time() if now is None else now
+        total = sum(counts.values())
+        sql = self.tables.sql
+        with self.tables.transaction("count the feedback", exclusive=True) as cur:
+            for card, k in counts.items():
+                cur.execute(
+                    sql(
+                        "UPDATE iechs_service_cards SET feedbacks = feedbacks + ? "
+                        "WHERE uuid = ? AND feedbacks + ? <= ?"
+                    ),
+                    (k, card, k, per_card),
+                )
+                if cur.rowcount != 1:
+                    cur.execute(
+                        sql("SELECT feedbacks FROM iechs_service_cards WHERE uuid = ?"), (card,)
+                    )
+                    row = cur.fetchone()
+                    taken = int(row[0]) if row else 0
+                    raise ServiceError(
+                        429,
+                        f"card {card} takes at most {per_card} feedbacks (--feedback-per-card): "
+                        f"it has taken {taken}, this request brings {k}",
+                    )
+            cur.execute(
+                sql("DELETE FROM iechs_service_feedback WHERE client = ? AND at <= ?"),
+                (client, now - FEEDBACK_WINDOW_S),
+            )
+            cur.execute(
+                sql("SELECT COUNT(*), MIN(at) FROM iechs_service_feedback WHERE client = ?"),
+                (client,),
+            )
+            recent, first = cur.fetchone()
+            if int(recent) + total > per_minute:
+                wait = 1 + math.ceil((first or now) + FEEDBACK_WINDOW_S - now)
+                raise ServiceError(
+                    429,
+                    f"at most {per_minute} feedbacks a minute from one client "
+                    f"(--feedback-per-minute): {int(recent)} in the last minute, {total} in this "
+                    f"request; retry in {wait} s",
+                    headers={"retry-after": str(max(wait, 1))},
+                )
+            cur.executemany(
+                sql("INSERT INTO iechs_service_feedback (client, at) VALUES (?, ?)"),
+                [(client, now)] * total,
+            )

@@ -9,12 +9,15 @@ Field names are the specification's JSON names (hence mixedCase).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "MAX_FEEDBACK_ITEMS",
     "Card",
     "CdsResponse",
     "Discovery",
@@ -28,6 +31,27 @@ __all__ = [
 _OPEN = ConfigDict(extra="allow")
 #: A FHIR-style id: no control characters (a patient id is also a database key).
 _ID = r"^[^\x00-\x1f\x7f]+$"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: The most feedback items one request may carry.
+MAX_FEEDBACK_ITEMS = 100
+
+
+def _uuid(value: str) -> str:
+    if _UUID.fullmatch(value) is None:
+        raise PydanticCustomError(
+            "uuid",
+            "expected a UUID (CDS Hooks: a universally unique identifier for this hook call, "
+            "e.g. d1577c69-dfbe-44ad-ba6d-3e05e953b2ea)",
+        )
+    return value
+
+
+#: A UUID in its canonical text form (8-4-4-4-12 hexadecimal digits).
+UuidText = Annotated[
+    str,
+    AfterValidator(_uuid),
+    Field(json_schema_extra={"format": "uuid", "pattern": f"^{_UUID.pattern}$"}),
+]
 
 
 class Coding(BaseModel):
@@ -78,7 +102,10 @@ class OrderSignContext(_Context):
 
 class _HookRequest(BaseModel):
     model_config = _OPEN
-    hookInstance: str
+    hookInstance: UuidText = Field(
+        description="a UUID for this hook call: the uuids of the cards answering it derive "
+        "from it (and from their content)"
+    )
     fhirServer: str | None = None
     fhirAuthorization: dict[str, Any] | None = None
     prefetch: dict[str, Any] | None = Field(
@@ -112,10 +139,14 @@ class PatientViewRequest(_HookRequest):
         extra="allow",
         json_schema_extra={
             "examples": [
-                {"hook": "patient-view", "hookInstance": "8c0e1f", "context": _CONTEXT},
                 {
                     "hook": "patient-view",
-                    "hookInstance": "8c0e20",
+                    "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+                    "context": _CONTEXT,
+                },
+                {
+                    "hook": "patient-view",
+                    "hookInstance": "5b0b9a4e-2f7c-4a37-8a3e-2a4f4f1f3c11",
                     "context": _CONTEXT,
                     "extension": {"dev.iechs.now": "2026-05-18T09:00:00Z"},
                 },
@@ -133,7 +164,7 @@ class OrderSignRequest(_HookRequest):
             "examples": [
                 {
                     "hook": "order-sign",
-                    "hookInstance": "0b8f3f",
+                    "hookInstance": "0b8f3f0e-6a47-4a8e-9b1c-5d2f7e9a1c34",
                     "context": _CONTEXT
                     | {
                         "draftOrders": {
@@ -152,27 +183,33 @@ class OrderSignRequest(_HookRequest):
 
 class AcceptedSuggestion(BaseModel):
     model_config = _OPEN
-    id: str
+    id: str = Field(max_length=64, description="the suggestion's uuid")
 
 
 class OverrideReason(BaseModel):
+    """CDS Hooks cds-fb-3: a reason, a userComment, or both (checked by the service, which
+    also limits their length: --max-feedback-text, 413)."""
+
     model_config = _OPEN
     reason: Coding | None = None
     userComment: str | None = None
 
 
 class FeedbackItem(BaseModel):
+    """CDS Hooks cds-fb-2: an `accepted` outcome names its acceptedSuggestions (checked by the
+    service, with the card's own suggestions)."""
+
     model_config = _OPEN
-    card: str = Field(description="the card's uuid")
+    card: str = Field(max_length=64, description="the card's uuid")
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: str = Field(description="ISO 8601 timestamp of the action")
+    outcomeTimestamp: str = Field(max_length=64, description="ISO 8601 timestamp of the action")
 
 
 class FeedbackRequest(BaseModel):
     model_config = _OPEN
-    feedback: list[FeedbackItem] = Field(min_length=1)
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)
 
 
 # --- responses ---------------------------------------------------------------------------------

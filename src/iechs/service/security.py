@@ -3,9 +3,13 @@ CDS Hooks 2.0 client sends with every call (`Authorization: Bearer <JWT>`).
 
 The JWT must be signed with an asymmetric algorithm (RS*, PS*, ES*, EdDSA; never `none` or
 HMAC) by a key of the configured public key (PEM) or JWK Set (JSON; the JWT's `kid` picks the
-key), name the configured issuer (`iss`), have the endpoint's URL as audience (`aud`), and carry
-`exp`, `iat` and `jti`. A `jti` seen before (until its `exp`) is refused as a replay, within one
-service process. These checks read the wall clock (expiry); decisions never do.
+key), name the configured issuer (`iss`), have the endpoint's URL under the configured public
+URL as audience (`aud`; never built from the request's Host or X-Forwarded-* headers), carry
+`exp`, `iat` and `jti`, live no longer than `max_lifetime` (`exp - iat`; CDS Hooks clients use
+5 minutes, SMART Backend Services allows no more), and name a usable `tenant` if any. A `jti`
+seen before (until its `exp`) is refused as a replay: by every process over the store when the
+service keeps the used ids there (`tokens.UsedTokens`), else within this process. These checks
+read the wall clock (expiry); decisions never do.
 """
 
 from __future__ import annotations
@@ -21,7 +25,20 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.exceptions import HTTPException
 
-__all__ = ["ASYMMETRIC", "AuthError", "Guard", "KeyFileError", "TokenVerifier"]
+from .clients import tenant_problem
+from .errors import ServiceError
+
+__all__ = [
+    "ASYMMETRIC",
+    "LEEWAY_S",
+    "MAX_TOKEN_LIFETIME_S",
+    "AuthError",
+    "FirstUse",
+    "Guard",
+    "KeyFileError",
+    "SeenInProcess",
+    "TokenVerifier",
+]
 
 #: The signing algorithms accepted: asymmetric only (CDS Hooks forbids `none` and HMAC).
 ASYMMETRIC = (
@@ -36,7 +53,11 @@ ASYMMETRIC = (
     "ES512",
     "EdDSA",
 )
-_LEEWAY_S = 60
+#: Clock skew allowed on `exp` and `iat`.
+LEEWAY_S = 60
+#: The longest a token may live (`exp - iat`) by default: CDS Hooks clients (the sandbox) sign
+#: tokens for 5 minutes; SMART Backend Services caps `exp` at 5 minutes ahead.
+MAX_TOKEN_LIFETIME_S = 300
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,12 +74,40 @@ class KeyFileError(Exception):
     """The configured key file cannot be used."""
 
 
+#: Remembers a token id as used: (issuer, jti, expires) -> True when it had not been used
+#: before (`HookService.first_use_of_token`: in the store, for every process).
+FirstUse = Callable[[str, str, float], bool]
+
+
+class SeenInProcess:
+    """Used token ids kept in this process only (a library's verifier, tests)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+
+    def first_use(self, issuer: str, jti: str, expires: float) -> bool:
+        now = time.time()
+        self._seen = {k: exp for k, exp in self._seen.items() if exp + LEEWAY_S >= now}
+        if (issuer, jti) in self._seen:
+            return False
+        self._seen[(issuer, jti)] = expires
+        return True
+
+
 class TokenVerifier:
     """Checks CDS Hooks JWTs from one issuer against a PEM public key or a JWK Set file."""
 
-    def __init__(self, issuer: str, key_file: str | Path) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        key_file: str | Path,
+        *,
+        max_lifetime: float = MAX_TOKEN_LIFETIME_S,
+        first_use: FirstUse | None = None,
+    ) -> None:
         self.issuer = issuer
-        self._seen: dict[str, float] = {}
+        self.max_lifetime = max_lifetime
+        self.first_use = first_use if first_use is not None else SeenInProcess().first_use
         path = Path(key_file)
         try:
             raw = path.read_bytes()
@@ -119,19 +168,26 @@ class TokenVerifier:
                 algorithms=list(ASYMMETRIC),
                 audience=audiences,
                 issuer=self.issuer,
-                leeway=_LEEWAY_S,
+                leeway=LEEWAY_S,
                 options={"require": ["iss", "aud", "exp", "iat", "jti"]},
             )
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid JWT: {exc}") from None
         jti = claims["jti"]
-        if not isinstance(jti, str) or not jti:
-            raise AuthError("invalid JWT: jti must be a non-empty string")
-        now = time.time()
-        self._seen = {k: exp for k, exp in self._seen.items() if exp + _LEEWAY_S >= now}
-        if jti in self._seen:
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise AuthError("invalid JWT: jti must be a string of 1-256 characters")
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+        if lifetime > self.max_lifetime:
+            raise AuthError(
+                f"invalid JWT: it lives {lifetime:.0f} s (exp - iat), longer than the "
+                f"{self.max_lifetime:.0f} s this service accepts (--max-token-lifetime)"
+            )
+        if "tenant" in claims:
+            problem = tenant_problem(claims["tenant"])
+            if problem is not None:
+                raise AuthError(f"invalid JWT: {problem}")
+        if not self.first_use(str(claims["iss"]), jti, float(claims["exp"])):
             raise AuthError(f"JWT {jti!r} was already used (replay)")
-        self._seen[jti] = float(claims["exp"])
         return claims
 
 
@@ -146,9 +202,18 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], extra: Any =
     await send({"type": "http.response.body", "body": data})
 
 
+Runner = Callable[..., Awaitable[Any]]
+
+
+async def _inline(call: Callable[..., Any], *args: Any) -> Any:
+    return call(*args)
+
+
 class Guard:
     """ASGI middleware: refuses bodies over `limit` bytes (413) and, with a verifier, calls to
-    `/cds-services...` without a valid JWT (401); the claims go to `scope["state"]`."""
+    `/cds-services...` without a valid JWT for the endpoint's URL under `public_url` (401); the
+    claims go to `scope["state"]`. `run` runs the verifier (the service runs it on its worker
+    thread, where the store's connections live)."""
 
     def __init__(
         self,
@@ -157,24 +222,20 @@ class Guard:
         limit: int,
         verifier: TokenVerifier | None = None,
         public_url: str | None = None,
+        run: Runner = _inline,
     ) -> None:
+        if verifier is not None and not public_url:
+            raise ValueError("a JWT verifier needs the public URL (the tokens' audience)")
         self.app = app
         self.limit = limit
         self.verifier = verifier
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.run = run
 
     def _audiences(self, scope: Scope) -> list[str]:
-        path: str = scope.get("path", "")
-        if self.public_url is not None:
-            base = self.public_url
-        else:
-            headers = dict(scope.get("headers") or [])
-            host = headers.get(b"host", b"").decode("latin-1")
-            if not host and scope.get("server"):
-                name, port = scope["server"]
-                host = f"{name}:{port}"
-            base = f"{scope.get('scheme', 'http')}://{host}"
-        url = base + path
+        """The endpoint's URL as clients know it: never from the request's own headers."""
+        assert self.public_url is not None
+        url = self.public_url + scope.get("path", "")
         # Feedback: the feedback URL itself, or the service it is about.
         return [url, url.removesuffix("/feedback")] if url.endswith("/feedback") else [url]
 
@@ -194,11 +255,16 @@ class Guard:
         if self.verifier is not None and scope.get("path", "").startswith("/cds-services"):
             auth = headers.get(b"authorization")
             try:
-                claims = self.verifier.verify(
-                    auth.decode("latin-1") if auth is not None else None, self._audiences(scope)
+                claims = await self.run(
+                    self.verifier.verify,
+                    auth.decode("latin-1") if auth is not None else None,
+                    self._audiences(scope),
                 )
             except AuthError as exc:
                 await _send_json(send, 401, {"error": str(exc)}, [(b"www-authenticate", b"Bearer")])
+                return
+            except ServiceError as exc:  # the used token ids cannot be read: 503
+                await _send_json(send, exc.status, {"error": exc.message})
                 return
             scope.setdefault("state", {})["iechs_claims"] = claims
         received = 0

@@ -1,0 +1,179 @@
+"""Episodes restored from the store, kept to be continued rather than replayed from the start.
+
+Restoring an episode replays every input it recorded, feedback included (the service records a
+feedback as an `advance`): without help, the cost of every request would grow with the
+feedback the episode has taken. A restored episode is therefore kept (the `size` most recently
+used). The next request for it reads the store's snapshot as always; when that snapshot is the
+kept one or a later one of the same store (the store appends to an episode only on top of the
+steps it holds, so its later snapshots extend the earlier ones: checked on the store's id, the
+step and record numbers, and the inputs at both ends of the kept ones), only the inputs past
+the kept ones are replayed. Restoring is a function of the snapshot alone, so the result is the
+episode a full restore gives (a test holds the two equal); anything else falls back to the full
+restore. Callers that change the episode get their own copy, sharing the decisions and inputs,
+which are never changed once made. What patient-view shows of the current state (where it
+began, the alerts raised since) is kept too, and brought up to date the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from ..audit.errors import StoreError, problem
+from ..audit.stores import StoredEpisode
+from ..decision import Alert, Decision
+from ..engine import Engine, Episode
+from ..errors import EpisodeError
+from ..timeline import parse_time
+
+__all__ = ["CurrentState", "RestoredEpisodes", "private_copy"]
+
+
+@attrs.frozen
+class CurrentState:
+    """Of an episode's first `upto` decisions: where the current state began (`entered`, the
+    index of the decision that entered it) and the latest alert of each code raised since."""
+
+    upto: int = 0
+    last: Decision | None = None
+    entered: int = 0
+    latest: dict[str, tuple[Alert, Decision]] = attrs.field(factory=dict)
+
+    def extended(self, decisions: Sequence[Decision]) -> CurrentState:
+        """The same for `decisions`: from this one when they continue the decisions it was
+        made of, else from the start."""
+        if self.upto <= len(decisions) and (
+            self.upto == 0 or decisions[self.upto - 1] is self.last
+        ):
+            start, entered, latest = self.upto, self.entered, dict(self.latest)
+        else:
+            start, entered, latest = 0, 0, {}
+        for i in range(start, len(decisions)):
+            d = decisions[i]
+            if d.step == 0 or d.changed:
+                entered, latest = i, {}
+            for alert in d.alerts:
+                latest[alert.code] = (alert, d)
+        return CurrentState(len(decisions), decisions[-1] if decisions else None, entered, latest)
+
+
+@attrs.define
+class _Kept:
+    store_id: str
+    head: dict[str, Any]
+    steps: int
+    head_seq: int
+    episode: Episode
+    current: CurrentState = attrs.field(factory=CurrentState)
+
+
+class RestoredEpisodes:
+    """The episodes of one engine restored from one store; not thread-safe."""
+
+    def __init__(self, engine: Engine, size: int = 64) -> None:
+        self.engine = engine
+        self.size = size
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        #: how many restores continued a kept episode, and how many replayed from the start.
+        self.continued = 0
+        self.replayed = 0
+
+    def restore(
+        self, saved: StoredEpisode, store_id: str, where: str, *, private: bool = True
+    ) -> Episode:
+        """The episode `saved` holds (`EpisodeError` when it cannot be restored here; `where`
+        names it in messages). `private`: a copy the caller may change; otherwise the kept
+        episode itself, which the caller must not change."""
+        snapshot = saved.snapshot
+        kept = self._continued(saved, store_id)
+        if kept is None:
+            episode = self.engine.restore(snapshot, where)
+            self.replayed += 1
+            if len(episode.decisions) != saved.steps:
+                raise StoreError(
+                    problem(
+                        f"episode {saved.id!r}: the snapshot replays to "
+                        f"{len(episode.decisions)} steps, the store recorded {saved.steps}"
+                    ),
+                    where,
+                )
+            kept = _Kept(store_id, _head(snapshot), saved.steps, saved.head_seq, episode)
+        else:
+            self.continued += 1
+        self._kept[saved.id] = kept
+        self._kept.move_to_end(saved.id)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+        return private_copy(kept.episode) if private else kept.episode
+
+    def current_state(self, episode_id: str, episode: Episode) -> CurrentState:
+        """What patient-view shows of `episode`'s current state (kept for the kept episode, and
+        extended from it for a copy that went further)."""
+        kept = self._kept.get(episode_id)
+        if kept is None:
+            return CurrentState().extended(episode.decisions)
+        current = kept.current.extended(episode.decisions)
+        if episode is kept.episode:
+            kept.current = current
+        return current
+
+    def _continued(self, saved: StoredEpisode, store_id: str) -> _Kept | None:
+        """The kept episode brought up to `saved`, or None (then restore it in full)."""
+        kept = self._kept.pop(saved.id, None)  # changed below: kept again only on success
+        snapshot = saved.snapshot
+        if kept is None or not isinstance(snapshot, dict):
+            return None
+        episode = kept.episode
+        inputs = snapshot.get("inputs")
+        done = len(episode.inputs)
+        if (
+            kept.store_id != store_id
+            or _head(snapshot) != kept.head
+            or saved.steps < kept.steps
+            or saved.head_seq < kept.head_seq
+            or (saved.steps == kept.steps) != (saved.head_seq == kept.head_seq)
+            or not isinstance(inputs, list)
+            or len(inputs) < done
+            or (done and (inputs[0] != episode.inputs[0] or inputs[done - 1] != episode.inputs[-1]))
+        ):
+            return None
+        try:
+            for i in range(done, len(inputs)):  # as `Engine.restore` replays an input
+                item = inputs[i]
+                if isinstance(item, dict) and item.get("kind") == "advance":
+                    episode.advance(parse_time(item.get("at")))
+                else:
+                    event, later = self.engine.parse_input(item, f"$.inputs[{i}]", None)
+                    episode.step(event, later=later)
+        except (EpisodeError, ValueError):
+            return None
+        if episode.state != snapshot.get("state") or len(episode.decisions) != saved.steps:
+            return None
+        kept.steps, kept.head_seq = saved.steps, saved.head_seq
+        return kept
+
+
+def _head(snapshot: Any) -> dict[str, Any]:
+    """What must be the same for a kept episode to continue: everything but the inputs and
+    the state they lead to."""
+    if not isinstance(snapshot, dict):
+        return {}
+    return {k: v for k, v in snapshot.items() if k not in ("inputs", "state")}
+
+
+def private_copy(episode: Episode) -> Episode:
+    """A copy that can be stepped without changing `episode`: the engine, the guideline, the
+    patient, the decisions and the inputs are shared (never changed once made); the lists
+    holding the decisions and inputs are the copy's own."""
+    memo: dict[int, Any] = {
+        id(episode.engine): episode.engine,
+        id(episode.g): episode.g,
+        id(episode.patient): episode.patient,
+        id(episode.decisions): list(episode.decisions),
+        id(episode.inputs): list(episode.inputs),
+    }
+    return copy.deepcopy(episode, memo)
