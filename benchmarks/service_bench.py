@@ -45,7 +45,7 @@ def free_port() -> int:
 def patient_view(patient: str) -> dict[str, Any]:
     return {
         "hook": "patient-view",
-        "hookInstance": "bench",
+        "hookInstance": "b3f1c2a4-5d6e-4f70-8a9b-0c1d2e3f4a5b",
         "context": {"userId": "Practitioner/bench", "patientId": patient},
     }
 
@@ -66,7 +66,7 @@ def order_sign(patient: str) -> dict[str, Any]:
     }
     return {
         "hook": "order-sign",
-        "hookInstance": "bench",
+        "hookInstance": "b3f1c2a4-5d6e-4f70-8a9b-0c1d2e3f4a5b",
         "context": {
             "userId": "Practitioner/bench",
             "patientId": patient,
