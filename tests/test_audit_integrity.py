@@ -1,8 +1,9 @@
 """The log's integrity beyond the chain, in SQLite and in a real PostgreSQL server: the episode
 snapshot sealed into the chain (an edited snapshot is tampering for `iechs audit verify`, and is
 never restored: not by `iechs run --store`, the store, or the CDS Hooks service), the records a
-checkpoint does not cover, the warning when a checkpoint's key is not pinned, the records' write
-time, and the FHIR Provenance of every decision.
+checkpoint does not cover, the warning when a checkpoint's key is not pinned, the write time a
+store keeps beside the chain (records and exports the same bytes in any store), and the FHIR
+Provenance of every decision.
 
 The PostgreSQL server is the throwaway one of tests/test_audit_postgres.py (its fixture)."""
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +23,12 @@ import pytest
 from iechs import Engine, __version__, load_timeline, parse_event
 from iechs.audit import (
     GENESIS,
+    AuditStore,
+    JsonlLog,
     RecordedEpisode,
     SnapshotSealError,
+    StoreError,
+    import_jsonl,
     open_log,
     open_store,
     replay_log,
@@ -58,6 +62,24 @@ EXAMPLES = ROOT / "examples"
 DAY14 = EXAMPLES / "day14-steroid-response.json"
 IL6 = EXAMPLES / "tocilizumab-monotherapy-deviation.json"
 FHIR_DAY14 = EXAMPLES / "fhir" / "day14-steroid-response.bundle.json"
+#: the fields of a record of format 1 (format 2 adds `snapshot`, the seal).
+PRIOR_FIELDS = {
+    "actor",
+    "decision",
+    "engine",
+    "episode",
+    "format",
+    "guideline",
+    "patient",
+    "prev",
+    "reason",
+    "seq",
+}
+#: `Provenance._recorded` when no write time is known (`recorded` is then the event's time).
+WRITE_TIME_UNKNOWN = {
+    "url": "https://iechs.dev/fhir/StructureDefinition/write-time-unknown",
+    "valueBoolean": True,
+}
 PATIENT = "svc-no-steroid"  # S.NO_STEROID: IEC-HS suspected, no corticosteroid given
 STEROID = {
     "at": "2026-05-17T09:30:00Z",
@@ -102,6 +124,11 @@ class Store:
         rows = self.sql("SELECT body FROM iechs_records ORDER BY seq")
         return [parse_record(json.loads(str(body))) for (body,) in rows]
 
+    def written_at(self) -> list[str | None]:
+        """The write time the store keeps beside each record, in order."""
+        rows = self.sql("SELECT written_at FROM iechs_records ORDER BY seq")
+        return [None if w is None else str(w) for (w,) in rows]
+
     def snapshot(self, episode: str) -> tuple[int, int, str]:
         ((steps, head_seq, text),) = self.sql(
             "SELECT steps, head_seq, snapshot FROM iechs_episodes WHERE id = ?", episode
@@ -134,6 +161,24 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "postgres":
         return Store(request.getfixturevalue("server").new_database(), postgres=True)
     return Store(str(tmp_path / "log.db"), postgres=False)
+
+
+@pytest.fixture
+def another(request: pytest.FixtureRequest, store: Store, tmp_path: Path) -> Store:
+    """A second, empty store of the same kind as `store`."""
+    if store.postgres:
+        return Store(request.getfixturevalue("server").new_database(), postgres=True)
+    return Store(str(tmp_path / "another.db"), postgres=False)
+
+
+def parsed(text: str | None) -> datetime:
+    assert text is not None
+    return datetime.fromisoformat(text)
+
+
+def clock_at(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> None:
+    """Every store opened from now on writes at `moment` (as `open_store(clock=...)` would)."""
+    monkeypatch.setattr(AuditStore, "clock", staticmethod(lambda: moment))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -353,14 +398,14 @@ def test_a_snapshot_rolled_back_or_rewired_is_refused(
 def test_a_log_of_the_prior_format_verifies_and_its_snapshots_are_checked(
     engine: Engine, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Records of `iechs.audit/1` (no write time, no seal): the chain verifies as before, and a
-    # snapshot is checked against the one its records rebuild.
+    # Records of `iechs.audit/1` (no seal), written before the store kept write times: the chain
+    # verifies as before, and a snapshot is checked against the one its records rebuild.
     db = store
     run_recorded(engine, DAY14, db.location)
     run_recorded(engine, S.NO_STEROID, db.location)
     prior, prev = [], GENESIS
     for record in db.records():
-        old = attrs.evolve(record, format=RECORD_FORMAT_1, recorded=None, snapshot=None, prev=prev)
+        old = attrs.evolve(record, format=RECORD_FORMAT_1, snapshot=None, prev=prev)
         assert set(json.loads(old.body)) == {
             "actor",
             "decision",
@@ -384,11 +429,20 @@ def test_a_log_of_the_prior_format_verifies_and_its_snapshots_are_checked(
     with open_store(db.location) as opened:
         assert RecordedEpisode.resume(engine, opened, PATIENT).episode.state == "suspected"
     assert run(capsys, "audit", "replay", db.location)[0] == 0
-    # Exported as FHIR: no Provenance for a record with no write time (FHIR requires one).
+    assert db.written_at() == [None] * len(prior)  # rows from before write times were kept
+    # Exported as FHIR: every decision has its Provenance; with no write time known, `recorded`
+    # (which FHIR requires) is the event's time, flagged as not the write time.
     code, out, _ = run(capsys, "audit", "export", db.location, "--format", "fhir")
     assert code == 0
-    kinds = {e["resource"]["resourceType"] for e in json.loads(out)["entry"]}
-    assert kinds == {"AuditEvent", "GuidanceResponse"}
+    provenances = [
+        e["resource"]
+        for e in json.loads(out)["entry"]
+        if e["resource"]["resourceType"] == "Provenance"
+    ]
+    assert len(provenances) == len(prior)
+    for resource in provenances:
+        assert resource["recorded"] == resource["occurredDateTime"]
+        assert resource["_recorded"] == {"extension": [WRITE_TIME_UNKNOWN]}
     # The same attack on the old log.
     forge_snapshot(db, engine, tmp_path)
     code, out, _ = run(capsys, "audit", "verify", db.location)
@@ -410,6 +464,7 @@ def test_a_log_of_the_prior_format_verifies_and_its_snapshots_are_checked(
     newest = db.records()[-1]
     assert newest.format == "iechs.audit/2"
     assert newest.snapshot == snapshot_seal(json.loads(db.snapshot(PATIENT)[2]))
+    assert db.written_at()[-1] is not None
     code, out, _ = run(capsys, "audit", "verify", db.location)
     assert code == 0, out
 
@@ -526,25 +581,33 @@ def test_a_checkpoint_without_a_pinned_key_warns(
 # --- write time and provenance -------------------------------------------------------------------
 
 
-def clock_at(*moments: datetime) -> Callable[[], datetime]:
-    readings: Iterator[datetime] = iter(moments)
-    return lambda: next(readings)
-
-
-def test_the_write_time_is_recorded_and_no_input_to_a_decision(
-    engine: Engine, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_the_write_time_is_kept_beside_the_chain_and_no_input_to_a_decision(
+    engine: Engine,
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = datetime(2026, 5, 17, 9, 0, tzinfo=UTC)
     second = datetime(2026, 5, 18, 7, 30, 1, 5, tzinfo=UTC)
     whole = json.loads(DAY14.read_text())
     (tmp_path / "first.json").write_text(json.dumps({**whole, "events": whole["events"][:10]}))
-    run_recorded(engine, tmp_path / "first.json", store.location, clock=clock_at(first))
-    run_recorded(engine, DAY14, store.location, clock=clock_at(second))
+    clock_at(monkeypatch, first)
+    run_recorded(engine, tmp_path / "first.json", store.location)
+    clock_at(monkeypatch, second)
+    run_recorded(engine, DAY14, store.location)
+    # One reading per append, under the write lock, kept beside each record ...
+    assert (
+        store.written_at()
+        == ["2026-05-17T09:00:00.000000Z"] * 11 + ["2026-05-18T07:30:01.000005Z"] * 6
+    )
+    # ... and in no record: their content holds no clock reading at all.
     records = store.records()
-    assert [r.recorded for r in records] == ["2026-05-17T09:00:00.000000Z"] * 11 + [
-        "2026-05-18T07:30:01.000005Z"
-    ] * 6
-    # Decisions are byte for byte those of a run without any store or clock, and replay (which
+    for record in records:
+        assert set(record.content()) == {*PRIOR_FIELDS, "snapshot"}
+        assert "2026-05-17T09" not in record.body
+        assert "2026-05-18T07" not in record.body
+    # Decisions are byte for byte those of a run without any store, and replay (which
     # re-decides every event) does not see the write time.
     plain = engine.run(load_timeline(DAY14, engine.guideline))
     assert [canonical(r.decision) for r in records] == [
@@ -554,12 +617,164 @@ def test_the_write_time_is_recorded_and_no_input_to_a_decision(
         report = replay_log(log, [engine.guideline], keep_decisions=True)
     assert report.ok, report.differences
     assert run(capsys, "audit", "replay", store.location)[0] == 0
-    # It is hashed with the rest: a write time edited afterwards is tampering.
-    body = records[3].body.replace("2026-05-17T09:00:00.000000Z", "2026-05-17T08:00:00.000000Z")
-    store.sql("UPDATE iechs_records SET body = ? WHERE seq = 4", body)
+    # `audit show` gives it, marked as what it is: unsealed metadata.
+    code, out, _ = run(capsys, "audit", "show", store.location, "--record", "4")
+    assert code == 0
+    assert (
+        "written 2026-05-17T09:00:00.000000Z by the store's clock — unsealed metadata: kept "
+        "beside the chain, not covered by its hashes"
+    ) in out
+    # The chain proves content and order, not time: a write time edited afterwards goes
+    # unnoticed by `audit verify` (a signed checkpoint is what pins a log at a time).
+    store.sql(
+        "UPDATE iechs_records SET written_at = ? WHERE seq = 4", "2026-05-16T08:00:00.000000Z"
+    )
     code, out, _ = run(capsys, "audit", "verify", store.location)
-    assert code == 1
-    assert "TAMPERED (altered): record 4" in out
+    assert code == 0, out
+    assert (
+        "written 2026-05-16T08:00:00.000000Z"
+        in run(capsys, "audit", "show", store.location, "--record", "4")[1]
+    )
+
+
+def test_two_stores_fed_the_same_input_export_the_same_bytes(
+    store: Store,
+    another: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `iechs run X --store A` and `iechs run X --store B`, at different times: the same records,
+    # hashes and links, and the same JSON Lines export (its header names each store's id).
+    exports: list[tuple[str, bytes]] = []
+    for location, moment in (
+        (store.location, datetime(2026, 5, 17, 9, 0, tzinfo=UTC)),
+        (another.location, datetime(2026, 6, 1, 23, 59, 59, 999999, tzinfo=UTC)),
+    ):
+        clock_at(monkeypatch, moment)
+        for timeline in (DAY14, S.NO_STEROID):
+            assert run(capsys, "run", str(timeline), "--store", location)[0] == 0
+        with open_log(location) as log:
+            store_id = log.store_id
+        path = tmp_path / f"{len(exports)}.jsonl"
+        assert run(capsys, "audit", "export", location, "--out", str(path))[0] == 0
+        exports.append((store_id, path.read_bytes()))
+    (a_id, a), (b_id, b) = exports
+    assert a_id != b_id
+    assert a.replace(a_id.encode(), b_id.encode()) == b
+    assert a.splitlines()[1:] == b.splitlines()[1:]  # every record line, byte for byte
+    assert store.sql("SELECT seq, hash, body FROM iechs_records ORDER BY seq") == another.sql(
+        "SELECT seq, hash, body FROM iechs_records ORDER BY seq"
+    )
+    assert set(store.written_at()) == {"2026-05-17T09:00:00.000000Z"}
+    assert set(another.written_at()) == {"2026-06-01T23:59:59.999999Z"}
+    # Exported from the JSON Lines copy, FHIR has no write time to give: each Provenance holds
+    # the event's time, flagged.
+    code, out, _ = run(capsys, "audit", "export", str(tmp_path / "0.jsonl"), "--format", "fhir")
+    assert code == 0
+    flags = [
+        e["resource"].get("_recorded")
+        for e in json.loads(out)["entry"]
+        if e["resource"]["resourceType"] == "Provenance"
+    ]
+    assert flags == [{"extension": [WRITE_TIME_UNKNOWN]}] * len(store.records())
+
+
+def test_an_import_writes_the_time_of_the_import(
+    store: Store,
+    another: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock_at(monkeypatch, datetime(2026, 5, 17, 9, 0, tzinfo=UTC))
+    assert run(capsys, "run", str(DAY14), "--store", store.location)[0] == 0
+    export = tmp_path / "x.jsonl"
+    assert run(capsys, "audit", "export", store.location, "--out", str(export))[0] == 0
+    # `iechs audit import`: every record is written at the time of the import.
+    clock_at(monkeypatch, datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
+    assert run(capsys, "audit", "import", str(export), "--store", another.location)[0] == 0
+    assert another.written_at() == ["2026-07-01T12:00:00.000000Z"] * 17
+    # The copy exports the same bytes (the same store id, and no write times in an export).
+    copied = tmp_path / "y.jsonl"
+    assert run(capsys, "audit", "export", another.location, "--out", str(copied))[0] == 0
+    assert copied.read_bytes() == export.read_bytes()
+    # The library: a store's own clock, when given one.
+    moment = datetime(2026, 7, 2, 8, 15, tzinfo=UTC)
+    third = str(tmp_path / "third.db")
+    with open_store(third, create=True, clock=lambda: moment) as target:
+        assert import_jsonl(JsonlLog(export), target) == 17
+    assert Store(third, postgres=False).written_at() == ["2026-07-02T08:15:00.000000Z"] * 17
+
+
+def test_a_store_made_before_write_times_gains_them(
+    engine: Engine,
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_recorded(engine, DAY14, store.location)
+    store.sql("ALTER TABLE iechs_records DROP COLUMN written_at")  # the records table of before
+    # Opened again (to read or to write), the store gains the column; its rows have no write time.
+    with open_log(store.location) as log:
+        assert verify_log(log).ok
+    assert store.written_at() == [None] * 17
+    clock_at(monkeypatch, datetime(2026, 5, 17, 9, 0, tzinfo=UTC))
+    run_recorded(engine, S.NO_STEROID, store.location)
+    assert store.written_at() == [None] * 17 + ["2026-05-17T09:00:00.000000Z"] * 13
+    code, out, _ = run(capsys, "audit", "verify", store.location)
+    assert code == 0, out
+    code, out, _ = run(capsys, "audit", "show", store.location, "--record", "2")
+    assert "write time: none kept (written before the store kept write times)" in out
+    # FHIR: the old rows' Provenance at the event's time, flagged; the new ones' at the write time.
+    code, out, _ = run(capsys, "audit", "export", store.location, "--format", "fhir")
+    assert code == 0
+    provenances = {
+        int(e["resource"]["id"].removeprefix("iechs-provenance-")): e["resource"]
+        for e in json.loads(out)["entry"]
+        if e["resource"]["resourceType"] == "Provenance"
+    }
+    assert len(provenances) == 30
+    for seq, resource in provenances.items():
+        if seq <= 17:
+            assert resource["recorded"] == resource["occurredDateTime"]
+            assert resource["_recorded"] == {"extension": [WRITE_TIME_UNKNOWN]}
+        else:
+            assert parsed(resource["recorded"]) == datetime(2026, 5, 17, 9, 0, tzinfo=UTC)
+            assert "_recorded" not in resource
+
+
+def test_a_connection_that_cannot_migrate_reads_and_refuses_to_write(
+    engine: Engine, server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A read-only role on a PostgreSQL store of before: it verifies, shows and exports the log
+    # (no write times), and an append through it says what to do.
+    url = server.new_database()
+    run_recorded(engine, S.NO_STEROID, url)
+    owner = Store(url, postgres=True)
+    owner.sql("ALTER TABLE iechs_records DROP COLUMN written_at")
+    owner.sql("CREATE ROLE auditor LOGIN")
+    owner.sql("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO auditor")
+    reader = url.replace("postgres@", "auditor@", 1)
+    code, out, _ = run(capsys, "audit", "verify", reader)
+    assert code == 0, out
+    code, out, _ = run(capsys, "audit", "show", reader, "--record", "3")
+    assert "write time: none kept" in out
+    assert run(capsys, "audit", "export", reader, "--format", "fhir")[0] == 0
+    with open_store(reader) as opened:
+        live = RecordedEpisode.resume(engine, opened, PATIENT)
+        with pytest.raises(StoreError, match="open it once as the owner of the iechs_records"):
+            live.advance(live.episode.decisions[-1].at)
+    assert (
+        owner.sql(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = 'iechs_records' "
+            "AND column_name = 'written_at'"
+        )
+        == []
+    )
+    open_store(url).close()  # opened by the owner: migrated
+    assert owner.written_at() == [None] * 13
 
 
 def test_a_write_time_without_a_time_zone_is_refused(tmp_path: Path, engine: Engine) -> None:
@@ -600,6 +815,7 @@ def test_every_decision_has_a_provenance(
     entries = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
     with open_log(store.location) as log:
         records = {r.seq: r for r in sound_records(log)}
+    written = dict(zip(sorted(records), store.written_at(), strict=True))
     provenances = [r for r in entries.values() if r["resourceType"] == "Provenance"]
     responses = [r for r in entries.values() if r["resourceType"] == "GuidanceResponse"]
     assert len(provenances) == len(responses) == len(records)
@@ -612,7 +828,9 @@ def test_every_decision_has_a_provenance(
         seq = int(resource["id"].removeprefix("iechs-provenance-"))
         assert response["id"] == f"iechs-decision-{seq}"  # own decision
         record = records[seq]
-        assert resource["recorded"] == record.recorded  # when the store wrote the record
+        # when the store wrote the record (FHIR writes the instant without zero microseconds)
+        assert parsed(resource["recorded"]) == parsed(written[seq])
+        assert "_recorded" not in resource  # (and so no flag saying it is unknown)
         assert resource["occurredDateTime"] == record.at  # the event's time
         engine_agent = resource["agent"][0]
         assert engine_agent["type"]["coding"][0]["code"] == "performer"

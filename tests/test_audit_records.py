@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,29 +92,13 @@ def test_each_record_hashes_its_canonical_content_and_links_to_the_previous(
 
 
 def test_records_are_identical_whichever_store_holds_them(engine: Engine, tmp_path: Path) -> None:
-    # No store id in the hashed content, and the only clock reading is the write time: the same
-    # input, written at the same time, gives the same log bytes.
-    def clock() -> datetime:
-        return datetime(2026, 5, 17, 10, 5, tzinfo=UTC)
-
-    run_recorded(engine, DAY14, str(tmp_path / "a.db"), clock=clock)
-    run_recorded(engine, DAY14, str(tmp_path / "b.db"), clock=clock)
+    # No clock, no store id in the hashed content: the same input gives the same log bytes.
+    run_recorded(engine, DAY14, str(tmp_path / "a.db"))
+    run_recorded(engine, DAY14, str(tmp_path / "b.db"))
     a, b = bodies(tmp_path / "a.db"), bodies(tmp_path / "b.db")
     assert a == b
-    assert json.loads(a[0][2])["recorded"] == "2026-05-17T10:05:00.000000Z"
     with open_store(str(tmp_path / "a.db")) as sa, open_store(str(tmp_path / "b.db")) as sb:
         assert sa.store_id != sb.store_id
-    # Written at another time (the wall clock), only `recorded` differs: every decision, and
-    # every other field but the links, is the same bytes.
-    run_recorded(engine, DAY14, str(tmp_path / "c.db"))
-    c = bodies(tmp_path / "c.db")
-
-    def timeless(body: str) -> dict[str, Any]:
-        content: dict[str, Any] = json.loads(body)
-        return {k: v for k, v in content.items() if k not in ("recorded", "prev")}
-
-    assert [timeless(x) for _, _, x in a] == [timeless(x) for _, _, x in c]
-    assert {json.loads(x)["recorded"] for _, _, x in c} != {"2026-05-17T10:05:00.000000Z"}
 
 
 def test_parse_record_names_what_is_wrong() -> None:
@@ -129,21 +113,21 @@ def test_parse_record_names_what_is_wrong() -> None:
         "patient": None,
         "actor": None,
         "reason": None,
-        "recorded": "2026-05-17T10:05:00.000000Z",
         "snapshot": None,
     }
     assert parse_record(good).episode == "P1"
-    assert parse_record(good).recorded == "2026-05-17T10:05:00.000000Z"
-    # The prior format: no write time, no seal; its content (and so its hash) is kept as it was.
-    prior = {k: v for k, v in good.items() if k not in ("recorded", "snapshot")}
+    assert parse_record(good).content() == good
+    # The prior format: no seal; its content (and so its hash) is kept as it was.
+    prior = {k: v for k, v in good.items() if k != "snapshot"}
     old = parse_record({**prior, "format": "iechs.audit/1"})
-    assert (old.format, old.recorded, old.snapshot) == ("iechs.audit/1", None, None)
+    assert (old.format, old.snapshot) == ("iechs.audit/1", None)
     assert old.content() == {**prior, "format": "iechs.audit/1"}
-    with pytest.raises(ValueError, match=r"\$\.recorded: unexpected"):
+    with pytest.raises(ValueError, match=r"\$\.snapshot: unexpected"):
         parse_record({**good, "format": "iechs.audit/1"})
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"recorded": "yesterday"}, r"\$\.recorded: expected a UTC instant"),
-        ({"recorded": None}, r"\$\.recorded"),
+        # The write time is the store's, beside the chain: never a field of a record.
+        ({"recorded": "2026-05-17T10:05:00.000000Z"}, r"\$\.recorded: unexpected"),
+        ({"written_at": "2026-05-17T10:05:00.000000Z"}, r"\$\.written_at: unexpected"),
         ({"snapshot": "XYZ"}, r"\$\.snapshot"),
         ({"seq": 0}, r"\$\.seq"),
         ({"seq": True}, r"\$\.seq"),

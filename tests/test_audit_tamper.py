@@ -312,7 +312,7 @@ def test_sqlite_forged_tail_beyond_the_head(work: Path, capsys: pytest.CaptureFi
     extra = attrs.evolve(records[-1], seq=COUNT + 1, prev=records[-1].hash)
     sql(
         db,
-        "INSERT INTO iechs_records VALUES (?, ?, ?, ?)",
+        "INSERT INTO iechs_records (seq, episode, hash, body) VALUES (?, ?, ?, ?)",
         extra.seq,
         extra.episode,
         extra.hash,

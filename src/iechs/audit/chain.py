@@ -27,6 +27,10 @@ be told from a genuine one until a later checkpoint covers it. A checkpoint chec
 pinned public key (`trusted_key`) proves only that whoever wrote it held the key embedded in it:
 the verification warns about that too (`Verification.warnings`).
 
+The write time a store keeps beside each record (`written_at`) is not part of the record, so
+the chain does not cover it and this walk does not check it: the chain proves the records'
+content and order, not when they were written (a checkpoint, signed at a known time, pins that).
+
 An episode export (`iechs audit export --episode`) holds one episode's records, not a whole
 chain. Alone it is checked for what it can show: every record matches its hash, belongs to the
 episode, and comes in order; the episode's steps run from 0 without a gap; records adjacent in

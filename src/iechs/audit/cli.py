@@ -86,7 +86,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", metavar="FILE", help="write here (default: standard output)")
 
-    p = sub.add_parser("import", help="copy a JSON Lines export into a new store")
+    p = sub.add_parser(
+        "import",
+        help="copy a JSON Lines export into a new store (each record's write time is the "
+        "import's: when this store wrote it)",
+    )
     p.add_argument("export", metavar="EXPORT.jsonl")
     p.add_argument("--store", required=True, metavar="LOG", help="PATH.db or postgresql://...")
 

@@ -7,6 +7,13 @@ one of whose saved snapshots was edited can still be exported: importing the exp
 store whose snapshots are rebuilt from the records, each checked against the seal its records
 carry.
 
+An export holds the records and nothing the store keeps beside them: no write times. Records
+carry no clock reading, so two stores fed the same input export the same record lines, byte for
+byte (their headers differ only in the store id). An import writes the time of the import as
+every record's write time (`written_at`): when that store wrote it. The FHIR export gives a
+store's write times as `Provenance.recorded` (see `iechs.audit.fhir`); exported from a JSON Lines
+copy, it has none to give.
+
 An episode export (`episode=`) holds the records of one episode, each as in a whole export
 (its hash, and its content with the link to the record before it in the chain), under a header
 that says so: `{format: EPISODE_EXPORT_FORMAT, store_id, head, episode, records}`. An episode's
@@ -37,6 +44,7 @@ from .stores import (
     JsonlLog,
     Log,
     SavedSnapshot,
+    StoredRecord,
 )
 
 __all__ = [
@@ -45,6 +53,7 @@ __all__ = [
     "export_jsonl",
     "import_jsonl",
     "refuse_episode_export",
+    "sound_items",
     "sound_records",
     "unknown_episode",
 ]
@@ -75,6 +84,14 @@ def sound_records(
 ) -> Iterator[AuditRecord]:
     """The records of a log, in order, each read and checked (`AuditError` on an unsound one);
     `upto` stops after that record number (what a verification covered)."""
+    for record, _ in sound_items(log, episode, upto):
+        yield record
+
+
+def sound_items(
+    log: Log, episode: str | None = None, upto: int | None = None
+) -> Iterator[tuple[AuditRecord, StoredRecord]]:
+    """`sound_records`, each with what the log keeps beside it (e.g. its write time)."""
     with log.reading() as view:
         for item in view.records(episode):
             record, defect = read_record(item)
@@ -84,7 +101,7 @@ def sound_records(
                 )
             if upto is not None and record.seq > upto:
                 return
-            yield record
+            yield record, item
 
 
 def export_jsonl(log: Log, out: TextIO, episode: str | None = None) -> int:
@@ -140,10 +157,14 @@ def unknown_episode(log: Log, episode: str) -> str:
 
 
 def export_fhir(log: Log, out: TextIO, episode: str | None = None) -> int:
-    """Write a FHIR R4 Bundle (AuditEvent + GuidanceResponse per record); returns the count."""
+    """Write a FHIR R4 Bundle (AuditEvent, GuidanceResponse and Provenance per record, the
+    Provenance `recorded` at the record's write time where the log keeps one); returns the
+    count."""
     verification = _verified(log)
-    records = list(sound_records(log, episode, upto=verification.upto))
-    bundle = to_bundle(records, verification.store_id)
+    items = list(sound_items(log, episode, upto=verification.upto))
+    records = [record for record, _ in items]
+    written_at = {record.seq: item.written_at for record, item in items}
+    bundle = to_bundle(records, verification.store_id, written_at)
     out.write(json.dumps(bundle, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
     return len(records)
 
@@ -162,8 +183,9 @@ def refuse_episode_export(export: JsonlLog) -> None:
 
 
 def import_jsonl(export: JsonlLog, store: AuditStore) -> int:
-    """Copy a verified export into an empty store (same store id); returns the count. An
-    episode export is refused (`AuditError`): a store holds a whole chain."""
+    """Copy a verified export into an empty store (same store id); returns the count. Every
+    record's write time is the time of the import (the export carries none). An episode export
+    is refused (`AuditError`): a store holds a whole chain."""
     refuse_episode_export(export)
     verification = _verified(export)
     records = list(sound_records(export))

@@ -2,12 +2,17 @@
 and where that decision came from as a `Provenance`, in a `collection` Bundle.
 
 The `Provenance` of a decision targets its GuidanceResponse; `recorded` is when the store wrote
-the record (its `recorded` field: the write time, never an input to a decision), `occurredDateTime`
-the event's time; the agent is the engine (a Device, "iechs VERSION"; with the clinician as
-`enterer` when one acted, and the reason as `reason`), and the entity, role `source`, the
-guideline as a PlanDefinition identified by `urn:iechs:guideline` `ID|VERSION`, its SHA-256 in
-the extension `GUIDELINE_SHA256_EXTENSION`. A record of the prior format (`iechs.audit/1`) has no
-write time and so no Provenance (FHIR requires `recorded`).
+the record (the `written_at` the store keeps beside the chain: metadata, never an input to a
+decision, and not covered by the chain), `occurredDateTime` the event's time; the agent is the
+engine (a Device, "iechs VERSION"; with the clinician as `enterer` when one acted, and the reason
+as `reason`), and the entity, role `source`, the guideline as a PlanDefinition identified by
+`urn:iechs:guideline` `ID|VERSION`, its SHA-256 in the extension `GUIDELINE_SHA256_EXTENSION`.
+
+Every decision has its Provenance, also when no write time is known: a record written before the
+store kept write times, or a FHIR export made from a JSON Lines export (which carries none). FHIR
+requires `recorded`, so it then holds the event's time (as `occurredDateTime` does), and the
+element carries the extension `WRITE_TIME_UNKNOWN_EXTENSION` (`valueBoolean` true) saying that
+it is not the write time. Export from the store itself to get the write times.
 
 Patients are referred to by the identifier the FHIR input reads them by
 (`iechs.fhir.codes.PATIENT_ID_SYSTEM`, the timeline's `patient.id`), so an exported decision
@@ -16,15 +21,17 @@ names its patient as the Bundle that went in did.
 Validated with `fhir.resources.R4B` (FHIR 4.3, which keeps R4's AuditEvent and
 GuidanceResponse unchanged; the installed fhir.resources has no separate R4 package, its
 top-level models are R5). Identifiers and `fullUrl`s derive from record hashes, so the same log
-always exports the same Bundle. Every `AuditEvent` carries the whole canonical record (base64)
+always exports the same Bundle (two stores fed the same input export Bundles that differ only in
+their store ids and write times). Every `AuditEvent` carries the whole canonical record (base64)
 with its hash and `prev`, so the chain can be re-verified from the export.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import AuditError, problem
@@ -33,6 +40,7 @@ from .records import AuditRecord, canonical
 __all__ = [
     "FHIR_PACKAGE",
     "GUIDELINE_SHA256_EXTENSION",
+    "WRITE_TIME_UNKNOWN_EXTENSION",
     "audit_event",
     "guidance_response",
     "patient_reference",
@@ -50,6 +58,11 @@ _PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-typ
 _DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 #: The extension of a Provenance entity that carries the guideline's SHA-256 (valueString).
 GUIDELINE_SHA256_EXTENSION = "https://iechs.dev/fhir/StructureDefinition/guideline-sha256"
+#: The extension of `Provenance.recorded` (valueBoolean true) when the log keeps no write time
+#: for the record: `recorded` then holds the event's time, not when the record was written.
+WRITE_TIME_UNKNOWN_EXTENSION = "https://iechs.dev/fhir/StructureDefinition/write-time-unknown"
+#: A write time as the store keeps it (`iechs.audit.stores.instant`): a FHIR `instant` in UTC.
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 
 
 def _urn(record: AuditRecord, kind: str) -> str:
@@ -215,11 +228,10 @@ def guidance_response(record: AuditRecord, patient_id: str | None = None) -> dic
     return resource
 
 
-def provenance(record: AuditRecord) -> dict[str, Any] | None:
-    """Where the decision came from, as a Provenance targeting its GuidanceResponse (see the
-    module's text); None for a record of the prior format, which has no write time."""
-    if record.recorded is None:
-        return None
+def provenance(record: AuditRecord, written_at: str | None = None) -> dict[str, Any]:
+    """Where the decision came from, as a Provenance targeting its GuidanceResponse, `recorded`
+    at `written_at`, the record's write time as the store keeps it (None: unknown, and then the
+    event's time, flagged; see the module's text)."""
     g = record.guideline
     agents: list[dict[str, Any]] = [
         {
@@ -247,7 +259,7 @@ def provenance(record: AuditRecord) -> dict[str, Any] | None:
         "id": f"iechs-provenance-{record.seq}",
         "target": [{"reference": _urn(record, "decision"), "type": "GuidanceResponse"}],
         "occurredDateTime": record.at,
-        "recorded": record.recorded,
+        "recorded": record.at if written_at is None else written_at,
         "activity": {
             "coding": [{"system": _DATA_OPERATION, "code": "CREATE", "display": "create"}]
         },
@@ -264,14 +276,25 @@ def provenance(record: AuditRecord) -> dict[str, Any] | None:
             }
         ],
     }
+    if written_at is None:
+        resource["_recorded"] = {
+            "extension": [{"url": WRITE_TIME_UNKNOWN_EXTENSION, "valueBoolean": True}]
+        }
     if record.reason is not None:
         resource["reason"] = [{"text": record.reason}]
     return resource
 
 
-def to_bundle(records: Iterable[AuditRecord], store_id: str) -> dict[str, Any]:
-    """A validated `collection` Bundle: every record's AuditEvent, GuidanceResponse and (format
-    2) Provenance."""
+def to_bundle(
+    records: Iterable[AuditRecord],
+    store_id: str,
+    written_at: Mapping[int, str | None] | None = None,
+) -> dict[str, Any]:
+    """A validated `collection` Bundle: every record's AuditEvent, GuidanceResponse and
+    Provenance. `written_at` gives the records' write times by record number (as the store
+    keeps them beside the chain); a record without one gets a Provenance at its event's time,
+    flagged (`WRITE_TIME_UNKNOWN_EXTENSION`)."""
+    written = written_at or {}
     # Imported here: the FHIR models take a while to load and only this export needs them.
     from fhir.resources.R4B.auditevent import AuditEvent  # noqa: PLC0415
     from fhir.resources.R4B.bundle import Bundle  # noqa: PLC0415
@@ -285,11 +308,19 @@ def to_bundle(records: Iterable[AuditRecord], store_id: str) -> dict[str, Any]:
         if record.patient is not None and isinstance(record.patient.get("id"), str):
             patients[record.episode] = record.patient["id"]
         patient_id = patients.get(record.episode)
+        when = written.get(record.seq)
+        if when is not None and _INSTANT.fullmatch(when) is None:
+            raise AuditError(
+                problem(
+                    f"the write time the store keeps for record {record.seq} (metadata beside "
+                    f"the chain, which does not cover it) is not a UTC instant: {when!r}"
+                ),
+                store_id,
+            )
         try:
             event = AuditEvent.model_validate(audit_event(record, store_id, patient_id))
             decision = GuidanceResponse.model_validate(guidance_response(record, patient_id))
-            source = provenance(record)
-            origin = None if source is None else Provenance.model_validate(source)
+            origin = Provenance.model_validate(provenance(record, when))
         except ValidationError as exc:
             raise AuditError(
                 problem(f"record {record.seq} does not map to valid FHIR: {exc}"), store_id
@@ -306,13 +337,12 @@ def to_bundle(records: Iterable[AuditRecord], store_id: str) -> dict[str, Any]:
                 "resource": decision.model_dump(mode="json", exclude_none=True),
             }
         )
-        if origin is not None:
-            entries.append(
-                {
-                    "fullUrl": _urn(record, "provenance"),
-                    "resource": origin.model_dump(mode="json", exclude_none=True),
-                }
-            )
+        entries.append(
+            {
+                "fullUrl": _urn(record, "provenance"),
+                "resource": origin.model_dump(mode="json", exclude_none=True),
+            }
+        )
     bundle = Bundle.model_validate(
         {"resourceType": "Bundle", "id": store_id, "type": "collection", "entry": entries}
     )

@@ -5,7 +5,7 @@ episode's snapshot, in the same transaction; a later process resumes the episode
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -125,23 +125,19 @@ class RecordedEpisode:
 
 
 def run_recorded(
-    engine: Engine,
-    timeline_path: Path,
-    location: str,
-    *,
-    clock: Callable[[], datetime] | None = None,
+    engine: Engine, timeline_path: Path, location: str
 ) -> tuple[str, tuple[list[Decision], dict[str, Any]]]:
     """`iechs run TIMELINE --store LOCATION`: run and record, or continue a stored episode.
 
     When the store already holds the patient's episode, it is restored and only the timeline's
     events past those recorded are stepped (a timeline that repeats the recorded events and
     adds new ones continues the episode; running the same timeline again records nothing).
-    The result covers the whole episode, as `iechs run` without a store prints it. `clock`
-    gives the records' write time (default: the wall clock; see `open_store`).
+    The result covers the whole episode, as `iechs run` without a store prints it. The records
+    are the same bytes in any store; only the write time the store keeps beside them differs.
     """
     timeline = load_timeline(timeline_path, engine.guideline)
     patient = timeline.patient
-    with open_store(location, create=True, clock=clock) as store:
+    with open_store(location, create=True) as store:
         saved = store.episode(patient.id)
         if saved is None:
             recorded = RecordedEpisode(engine.start(patient), store, 0)

@@ -5,13 +5,9 @@ serialisation (JSON, sorted keys, no whitespace, UTF-8). Each record holds the h
 before it (`prev`; the first holds `GENESIS`), so changing, removing or reordering a record breaks
 the chain.
 
-Two formats are read. `iechs.audit/2`, the one written, adds two fields to those of
-`iechs.audit/1`, both hashed with the rest:
+Two formats are read. `iechs.audit/2`, the one written, adds one field to those of
+`iechs.audit/1`, hashed with the rest:
 
-- `recorded`: when the store wrote the record (UTC, taken once per append, under the store's
-  write lock). It is metadata about the log: no decision reads it, and replay compares decisions,
-  never this field. It is the only time in a record that comes from a clock; every time in
-  `decision` is the events' time.
 - `snapshot`: on the last record of the episode in an append that saved the episode's snapshot,
   the SHA-256 of that snapshot's canonical JSON (`snapshot_seal`); null on the other records. The
   snapshot table lies outside the chain; this seal ties it in, so an edited snapshot is caught by
@@ -19,7 +15,11 @@ Two formats are read. `iechs.audit/2`, the one written, adds two fields to those
 
 A record of format 1 keeps its content exactly (no new keys), so an old log verifies, exports and
 imports as it did; its snapshots are checked against the snapshot rebuilt from its records.
-Nothing here reads the clock: the store passes `recorded` in when it seals a draft.
+
+Nothing in a record comes from a clock: every time in `decision` is the events' time, so the same
+input gives the same records, hashes and links, byte for byte, in any store. When a store wrote a
+record (`written_at`) is the store's metadata, kept beside the chain and not covered by it (see
+`iechs.audit.stores`).
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ RECORD_FORMATS = (RECORD_FORMAT_1, RECORD_FORMAT)
 #: The `prev` of the first record of a chain.
 GENESIS = "0" * 64
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-#: `recorded`: an instant in UTC, as `stores.instant` writes it (FHIR's `instant` accepts it).
-_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 
 _CONTENT_KEYS_1 = frozenset(
     {
@@ -76,7 +74,7 @@ _CONTENT_KEYS_1 = frozenset(
 )
 _CONTENT_KEYS = {
     RECORD_FORMAT_1: _CONTENT_KEYS_1,
-    RECORD_FORMAT: _CONTENT_KEYS_1 | {"recorded", "snapshot"},
+    RECORD_FORMAT: _CONTENT_KEYS_1 | {"snapshot"},
 }
 
 
@@ -122,8 +120,8 @@ class AuditRecord:
     the criteria with the values they read, recommendations, alerts and deviations. `patient`
     is present on an episode's first record (step 0), so that the episode can be replayed.
     `actor` and `reason` record who overrode the guideline and why, when a host says so.
-    `recorded` is when the store wrote it and `snapshot` the seal of the episode's snapshot saved
-    with it (format 2; see the module's text); a record of format 1 has neither.
+    `snapshot` is the seal of the episode's snapshot saved with it (format 2; see the module's
+    text); a record of format 1 has none. When the store wrote the record is not part of it.
     """
 
     seq: int
@@ -135,15 +133,14 @@ class AuditRecord:
     patient: dict[str, Any] | None = None
     actor: str | None = None
     reason: str | None = None
-    recorded: str | None = None
     snapshot: str | None = None
     format: str = RECORD_FORMAT
 
     def __attrs_post_init__(self) -> None:
         if self.format not in RECORD_FORMATS:
             raise ValueError(f"unknown record format {self.format!r}")
-        if self.format == RECORD_FORMAT_1 and (self.recorded or self.snapshot):
-            raise ValueError(f"a record of format {RECORD_FORMAT_1!r} has no recorded or snapshot")
+        if self.format == RECORD_FORMAT_1 and self.snapshot is not None:
+            raise ValueError(f"a record of format {RECORD_FORMAT_1!r} seals no snapshot")
 
     def content(self) -> dict[str, Any]:
         content: dict[str, Any] = {
@@ -159,7 +156,6 @@ class AuditRecord:
             "reason": self.reason,
         }
         if self.format != RECORD_FORMAT_1:
-            content["recorded"] = self.recorded
             content["snapshot"] = self.snapshot
         return content
 
@@ -218,11 +214,9 @@ class RecordDraft:
     actor: str | None = None
     reason: str | None = None
 
-    def seal(
-        self, seq: int, prev: str, *, recorded: str, snapshot: str | None = None
-    ) -> AuditRecord:
-        """The record at `seq` after `prev`, written at `recorded`, sealing `snapshot` (the
-        `snapshot_seal` of the episode's snapshot saved with it) when given."""
+    def seal(self, seq: int, prev: str, *, snapshot: str | None = None) -> AuditRecord:
+        """The record at `seq` after `prev`, sealing `snapshot` (the `snapshot_seal` of the
+        episode's snapshot saved with it) when given."""
         return AuditRecord(
             seq=seq,
             prev=prev,
@@ -233,7 +227,6 @@ class RecordDraft:
             patient=self.patient,
             actor=self.actor,
             reason=self.reason,
-            recorded=recorded,
             snapshot=snapshot,
         )
 
@@ -291,18 +284,11 @@ def parse_record(content: Any) -> AuditRecord:
     extra = sorted(set(content) - keys)
     if extra:
         raise ValueError(f"$.{extra[0]}: unexpected field")
-    recorded: str | None = None
     seal: str | None = None
     if form != RECORD_FORMAT_1:
         missing = sorted(keys - set(content))
         if missing:
             raise ValueError(f"$.{missing[0]}: missing")
-        recorded = _text(content, "recorded")
-        if recorded is None or _INSTANT.fullmatch(recorded) is None:
-            raise ValueError(
-                f"$.recorded: expected a UTC instant (2026-01-12T08:00:00.000000Z), "
-                f"got {recorded!r}"
-            )
         seal = None if content.get("snapshot") is None else _hash_text(content, "snapshot")
     seq = content.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
@@ -341,7 +327,6 @@ def parse_record(content: Any) -> AuditRecord:
         patient=patient,
         actor=_text(content, "actor", optional=True),
         reason=_text(content, "reason", optional=True),
-        recorded=recorded,
         snapshot=seal,
         format=form,
     )

@@ -17,9 +17,9 @@ from .chain import Verification, read_record
 from .errors import AuditError, problem
 from .export import unknown_episode
 from .feedback import Feedback, feedback_of, is_feedback
-from .records import AuditRecord
+from .records import RECORD_FORMAT_1, AuditRecord
 from .replay import ReplayReport
-from .stores import Log, StoredRecord
+from .stores import JsonlLog, Log, StoredRecord
 
 __all__ = [
     "console",
@@ -226,16 +226,18 @@ def print_replay(report: ReplayReport, out: Console | None = None, limit: int = 
 def print_record(log: Log, seq: int, out: Console | None = None) -> AuditRecord:
     """Print record `seq` of `log` in full: the event, the decision, every guard with the
     criteria it read (values, units, times, as stored), alerts, recommendations, actions, and
-    CDS Hooks feedback as such. A record the log does not hold is an `AuditError`."""
+    CDS Hooks feedback as such; and when the store wrote it, marked as the unsealed metadata it
+    is. A record the log does not hold is an `AuditError`."""
     out = out or console()
     with log.reading() as view:
         store_id = view.store_id
-        record, defect = _find_record(view.records(), seq, log.location)
+        record, item, defect = _find_record(view.records(), seq, log.location)
     if defect is not None:
         out.print(
             Text(f"THIS RECORD DOES NOT VERIFY: {defect} (`iechs audit verify`)", style="bold red")
         )
     _record_header(record, store_id, log.location, out)
+    _print_write_time(item, export=isinstance(log, JsonlLog), out=out)
     feedback = is_feedback(record)
     if feedback:
         _print_feedback(record, feedback_of(record), out)
@@ -249,9 +251,9 @@ def print_record(log: Log, seq: int, out: Console | None = None) -> AuditRecord:
 
 def _find_record(
     items: Iterable[StoredRecord], seq: int, location: str
-) -> tuple[AuditRecord, str | None]:
-    """Record `seq` and what is wrong with it, if anything; `AuditError` when it is not there
-    or cannot be read at all."""
+) -> tuple[AuditRecord, StoredRecord, str | None]:
+    """Record `seq`, as the log holds it, and what is wrong with it, if anything; `AuditError`
+    when it is not there or cannot be read at all."""
     seen: list[int] = []
     for item in items:
         record, defect = read_record(item)
@@ -264,7 +266,7 @@ def _find_record(
             raise AuditError(
                 problem(f"record {seq} ({item.where}) is unreadable: {defect}"), location
             )
-        return record, defect
+        return record, item, defect
     if not seen:
         held = "it holds no records"
     elif len(seen) == max(seen) - min(seen) + 1:
@@ -283,15 +285,33 @@ def _record_header(record: AuditRecord, store_id: str, location: str, out: Conso
     out.print(f"guideline {record.guideline.label}; engine {record.engine}", markup=False)
     link = "the chain's first record" if record.seq == 1 else f"record {record.seq - 1}"
     out.print(f"sha256 {record.hash}; links to {link} ({record.prev[:16]}…)")
-    if record.recorded is not None:
-        out.print(f"written {record.recorded} (the store's clock; no decision reads it)")
-    else:
-        out.print(f"format {record.format}: no write time, no snapshot seal")
+    if record.format == RECORD_FORMAT_1:
+        out.print(f"format {record.format}: no snapshot seal")
     if record.snapshot is not None:
         out.print(f"seals the episode's snapshot saved with it: sha256 {record.snapshot}")
     if (record.actor or record.reason) and not is_feedback(record):
         out.print(
             f"recorded by {record.actor or '(not named)'}: {record.reason or ''}", markup=False
+        )
+
+
+def _print_write_time(item: StoredRecord, *, export: bool, out: Console) -> None:
+    """When the store wrote the record: metadata beside the chain, which the hashes do not
+    cover (shown as such)."""
+    if item.written_at is not None:
+        out.print(
+            Text(
+                f"written {item.written_at} by the store's clock — unsealed metadata: kept beside "
+                "the chain, not covered by its hashes (a checkpoint pins time); no decision reads "
+                "it",
+                style="dim",
+            )
+        )
+    elif export:
+        out.print(Text("write time: not in an export (the store keeps it)", style="dim"))
+    else:
+        out.print(
+            Text("write time: none kept (written before the store kept write times)", style="dim")
         )
 
 

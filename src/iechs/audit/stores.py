@@ -2,9 +2,8 @@
 read-only JSON Lines export.
 
 A store holds one hash chain (every episode's records, in append order) and the episodes'
-snapshots. An append is one transaction: it locks the chain head, takes the time (`recorded`,
-the only clock reading in a record: when it was written), seals each draft onto the head, the
-episode's last one with the SHA-256 of the snapshot saved with it, inserts the records, moves
+snapshots. An append is one transaction: it locks the chain head, seals each draft onto the head,
+the episode's last one with the SHA-256 of the snapshot saved with it, inserts the records, moves
 the head and saves the snapshot, then commits; a process killed before the commit leaves nothing
 of it. SQLite runs in WAL mode with `synchronous=FULL` and takes the write lock up front
 (`BEGIN IMMEDIATE`); PostgreSQL locks the head row (`SELECT ... FOR UPDATE`), so concurrent
@@ -12,6 +11,16 @@ writers queue and the chain never forks.
 
 Loading an episode (`AuditStore.episode`) checks its snapshot against that seal and refuses one
 the chain does not vouch for (`SnapshotSealError`; see `iechs.audit.snapshots`).
+
+**Write time.** Beside each record the store keeps when it wrote it (`written_at`, a column of
+the records table: a UTC instant, `2026-05-17T10:05:00.123456Z`). An append reads the store's
+clock once, under the write lock, so appends read it in the order of the chain; an import
+(`load_copy`) writes the time of the import, which is when that store wrote the records. It is
+the store's metadata, not part of any record: no decision reads it, the records and their hashes
+are the same whenever and wherever they are written, and the chain does not cover it (a write
+time can be edited without `iechs audit verify` noticing: a signed checkpoint is what pins a log
+at a time). A JSON Lines export leaves it out. A store made before write times were kept gains
+the column when it is next opened; its earlier records have none (NULL).
 """
 
 from __future__ import annotations
@@ -66,7 +75,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS iechs_chain "
     "(id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS iechs_records (seq BIGINT PRIMARY KEY, episode TEXT NOT NULL, "
-    "hash TEXT NOT NULL, body TEXT NOT NULL)",
+    "hash TEXT NOT NULL, body TEXT NOT NULL, written_at TEXT)",
     "CREATE INDEX IF NOT EXISTS iechs_records_episode ON iechs_records (episode, seq)",
     "CREATE TABLE IF NOT EXISTS iechs_episodes (id TEXT PRIMARY KEY, steps BIGINT NOT NULL, "
     "head_seq BIGINT NOT NULL, snapshot TEXT NOT NULL)",
@@ -89,14 +98,17 @@ class StoredRecord:
     """A record as a log holds it: its content text and what the log keeps beside it.
 
     `body` is the content's text (for SQL stores, exactly the stored bytes); `hash` the hash
-    stored beside it; `seq` and `episode` the index columns; `where` how to find it (a line);
-    `defect` a problem the container itself found (e.g. a line that is not JSON).
+    stored beside it; `seq` and `episode` the index columns; `written_at` when the store wrote
+    it (metadata the chain does not cover; None in an export, or for a record written before the
+    store kept write times); `where` how to find it (a line); `defect` a problem the container
+    itself found (e.g. a line that is not JSON).
     """
 
     body: str
     hash: str | None
     seq: int | None = None
     episode: str | None = None
+    written_at: str | None = None
     where: str = ""
     defect: str | None = None
 
@@ -182,12 +194,13 @@ class _View:
 
 
 def utc_now() -> datetime:
-    """The wall clock, in UTC: read by an append, and nowhere else in the audit log."""
+    """The wall clock, in UTC: read for a record's write time (`written_at`), and nowhere else
+    in the audit log."""
     return datetime.now(UTC)
 
 
 def instant(moment: datetime) -> str:
-    """`2026-05-17T10:05:00.123456Z`: a record's `recorded` (a FHIR `instant`)."""
+    """`2026-05-17T10:05:00.123456Z`: a record's write time (a FHIR `instant`)."""
     if moment.tzinfo is None:
         raise ValueError("a record's write time needs a time zone")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -213,8 +226,11 @@ class AuditStore(ABC):
     """A store that can be written: the SQL stores share this logic, not their dialect."""
 
     location: str
-    #: the clock an append reads for `recorded` (the constructors take another, e.g. in tests).
+    #: the clock an append (or an import) reads for the records' `written_at` (the constructors
+    #: take another, e.g. in tests). No record and no decision reads it.
     clock: Callable[[], datetime] = staticmethod(utc_now)
+    #: whether the records table has the `written_at` column (see `_add_write_times`).
+    _write_times = True
     _placeholder = "?"
     _lock_head = "SELECT seq, hash FROM iechs_chain WHERE id = 1"
     #: run first in the transaction that creates the schema (concurrent creators queue on it).
@@ -292,6 +308,7 @@ class AuditStore(ABC):
                     ),
                     _shown(self.location),
                 )
+            self._add_write_times(create)
             with self._read() as cur:
                 cur.execute("SELECT value FROM iechs_meta WHERE key = 'store_id'")
                 row = cur.fetchone()
@@ -302,6 +319,40 @@ class AuditStore(ABC):
     @abstractmethod
     def _has_schema(self) -> bool: ...
 
+    @abstractmethod
+    def _has_write_times(self, cur: Any) -> bool:
+        """Whether the records table has the `written_at` column."""
+
+    def _add_write_times(self, create: bool) -> None:
+        """Migrate a store made before write times were kept: add the `written_at` column
+        (NULL for the records already there), once, under the schema lock. A connection that may
+        not alter the table (e.g. a read-only role) can still read the store, and its records
+        show no write time; an append through it is refused (`_refuse_without_write_times`)."""
+        with self._read() as cur:
+            if self._has_write_times(cur):
+                return
+        try:
+            with self._write() as cur:
+                if self._schema_lock is not None:
+                    cur.execute(self._schema_lock)
+                if not self._has_write_times(cur):  # another process may have added it
+                    cur.execute("ALTER TABLE iechs_records ADD COLUMN written_at TEXT")
+        except self._errors:
+            if create:
+                raise
+            self._write_times = False
+
+    def _refuse_without_write_times(self) -> None:
+        if not self._write_times:
+            raise StoreError(
+                problem(
+                    "the store was made before write times were kept and this connection could "
+                    "not add the records' written_at column: open it once as the owner of the "
+                    "iechs_records table (e.g. `iechs audit verify`) to migrate it"
+                ),
+                _shown(self.location),
+            )
+
     # --- writing --------------------------------------------------------------------------
 
     def append(
@@ -309,8 +360,10 @@ class AuditStore(ABC):
     ) -> list[AuditRecord]:
         """Seal `drafts` onto the chain and save `episode`, in one transaction.
 
-        Every record is written at the same `recorded` time; the episode's last draft seals the
-        snapshot saved with it (its SHA-256), so the snapshot is part of the chain."""
+        The episode's last draft seals the snapshot saved with it (its SHA-256), so the snapshot
+        is part of the chain. Every record of the append gets the same write time (`written_at`,
+        beside the chain, not in the records)."""
+        self._refuse_without_write_times()
         sealed: list[AuditRecord] = []
         sealing: int | None = None
         text: str | None = None
@@ -330,8 +383,8 @@ class AuditStore(ABC):
             cur.execute(self._lock_head)
             row = cur.fetchone()
             seq, prev = int(row[0]), str(row[1])
-            # Taken under the write lock: along the chain, write times never go back (one clock).
-            recorded = instant(self.clock())
+            # Read under the write lock: appends read the clock in the order of the chain.
+            written_at = instant(self.clock())
             self._refuse_stale_snapshots(cur, drafts, episode)
             if episode is not None:
                 cur.execute(
@@ -352,16 +405,17 @@ class AuditStore(ABC):
             for i, draft in enumerate(drafts):
                 seq += 1
                 seal = sha256_hex(text) if i == sealing and text is not None else None
-                record = draft.seal(seq, prev, recorded=recorded, snapshot=seal)
+                record = draft.seal(seq, prev, snapshot=seal)
                 sealed.append(record)
                 prev = record.hash
                 if i == sealing:
                     head_seq = seq
             cur.executemany(
                 self._sql(
-                    "INSERT INTO iechs_records (seq, episode, hash, body) VALUES (?, ?, ?, ?)"
+                    "INSERT INTO iechs_records (seq, episode, hash, body, written_at) "
+                    "VALUES (?, ?, ?, ?, ?)"
                 ),
-                [(r.seq, r.episode, r.hash, r.body) for r in sealed],
+                [(r.seq, r.episode, r.hash, r.body, written_at) for r in sealed],
             )
             cur.execute(
                 self._sql("UPDATE iechs_chain SET seq = ?, hash = ? WHERE id = 1"), (seq, prev)
@@ -401,7 +455,11 @@ class AuditStore(ABC):
     def load_copy(
         self, store_id: str, records: Sequence[AuditRecord], episodes: Sequence[StoredEpisode]
     ) -> None:
-        """Fill an empty store with a verified copy of a log (import), keeping its store id."""
+        """Fill an empty store with a verified copy of a log (import), keeping its store id.
+
+        Every record's write time is the time of the import: when this store wrote it (the
+        export carries no write times)."""
+        self._refuse_without_write_times()
         with self._translated(), self._write() as cur:
             cur.execute(self._lock_head)
             if int(cur.fetchone()[0]) != 0:
@@ -409,11 +467,13 @@ class AuditStore(ABC):
                     problem("the store already holds records: import into a new, empty store"),
                     _shown(self.location),
                 )
+            written_at = instant(self.clock())
             cur.executemany(
                 self._sql(
-                    "INSERT INTO iechs_records (seq, episode, hash, body) VALUES (?, ?, ?, ?)"
+                    "INSERT INTO iechs_records (seq, episode, hash, body, written_at) "
+                    "VALUES (?, ?, ?, ?, ?)"
                 ),
-                [(r.seq, r.episode, r.hash, r.body) for r in records],
+                [(r.seq, r.episode, r.hash, r.body, written_at) for r in records],
             )
             last = records[-1] if records else None
             cur.execute(
@@ -549,23 +609,29 @@ class AuditStore(ABC):
             row = cur.fetchone()
             head = None if row is None else Head(int(row[0]), str(row[1]))
 
+            # A store this connection could not migrate has no write times to read.
+            columns = "seq, episode, hash, body, " + ("written_at" if self._write_times else "NULL")
+
             def rows(episode: str | None) -> Iterator[StoredRecord]:
                 with self._translated(), self._scan(cur, "iechs_scan") as scan:
                     if episode is None:
-                        scan.execute(
-                            "SELECT seq, episode, hash, body FROM iechs_records ORDER BY seq"
-                        )
+                        scan.execute(f"SELECT {columns} FROM iechs_records ORDER BY seq")
                     else:
                         scan.execute(
                             self._sql(
-                                "SELECT seq, episode, hash, body FROM iechs_records "
-                                "WHERE episode = ? ORDER BY seq"
+                                f"SELECT {columns} FROM iechs_records WHERE episode = ? "
+                                "ORDER BY seq"
                             ),
                             (episode,),
                         )
-                    for seq, ep, digest, body in scan:
+                    for seq, ep, digest, body, written_at in scan:
                         yield StoredRecord(
-                            body=body, hash=digest, seq=int(seq), episode=ep, where=f"seq {seq}"
+                            body=body,
+                            hash=digest,
+                            seq=int(seq),
+                            episode=ep,
+                            written_at=None if written_at is None else str(written_at),
+                            where=f"seq {seq}",
                         )
 
             def saved() -> Iterator[SavedSnapshot]:
@@ -627,6 +693,10 @@ class SqliteStore(AuditStore):
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'iechs_meta'"
         ).fetchone()
         return row is not None
+
+    def _has_write_times(self, cur: Any) -> bool:
+        cur.execute("SELECT 1 FROM pragma_table_info('iechs_records') WHERE name = 'written_at'")
+        return cur.fetchone() is not None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
@@ -694,6 +764,13 @@ class PostgresStore(AuditStore):
             cur.execute("SELECT to_regclass('iechs_meta') IS NOT NULL")
             row = cur.fetchone()
         return bool(row and row[0])
+
+    def _has_write_times(self, cur: Any) -> bool:
+        cur.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('iechs_records') "
+            "AND attname = 'written_at' AND NOT attisdropped"
+        )
+        return cur.fetchone() is not None
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -834,7 +911,7 @@ def open_store(
     location: str, *, create: bool = False, clock: Callable[[], datetime] | None = None
 ) -> AuditStore:
     """A writable store: `PATH.db` (SQLite) or `postgresql://...`; `clock` (default: the wall
-    clock, UTC) gives appends their `recorded` time."""
+    clock, UTC) gives the records' write time (`written_at`, beside the chain)."""
     if is_postgres(location):
         return PostgresStore(location, create=create, clock=clock)
     if location.endswith(".jsonl"):
