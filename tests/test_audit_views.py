@@ -23,7 +23,7 @@ from iechs.audit.records import AuditRecord
 from iechs.audit.show import print_record
 from iechs.cli import main
 from iechs.service.cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM
-from iechs.service.core import PATIENT_VIEW, HookService, ServiceConfig
+from iechs.service.core import ORDER_SIGN, PATIENT_VIEW, HookService, ServiceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY14 = ROOT / "examples" / "day14-steroid-response.json"  # 17 records, closed
@@ -49,7 +49,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
         context = {"patientId": "il6-monotherapy", "userId": "Practitioner/haem-1"}
         cards = service.patient_view(context, None, None, "http://localhost/review")
         overridable = next(c for c in cards if c.get("overrideReasons"))
-        other = next(c for c in cards if c is not overridable)
         service.feedback(
             PATIENT_VIEW,
             [
@@ -62,10 +61,30 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
                         "userComment": "labs drawn; result pending",
                     },
                 },
+            ],
+            "Practitioner/haem-1",
+        )
+        # accepted: an order-sign card's suggestion, named as CDS Hooks cds-fb-2 requires
+        order = {  # ruxolitinib on the first line skips a line: a card suggesting to remove it
+            "resourceType": "MedicationRequest",
+            "id": "rux-1",
+            "status": "draft",
+            "intent": "order",
+            "medicationCodeableConcept": {"text": "ruxolitinib"},
+        }
+        draft = {"resourceType": "Bundle", "entry": [{"resource": order}]}
+        signed = service.order_sign(
+            {**context, "draftOrders": draft}, None, None, "http://localhost/review"
+        )
+        with_suggestion = next(c for c in signed if c.get("suggestions"))
+        service.feedback(
+            ORDER_SIGN,
+            [
                 {
-                    "card": other["uuid"],
+                    "card": with_suggestion["uuid"],
                     "outcome": "accepted",
                     "outcomeTimestamp": "2026-07-11T08:01Z",
+                    "acceptedSuggestions": [{"id": with_suggestion["suggestions"][0]["uuid"]}],
                 },
             ],
             "Practitioner/haem-1",
