@@ -177,7 +177,7 @@ def test_audit_import_never_tracebacks(
     export.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
     store = tmp_path / "new.db"
     store.unlink(missing_ok=True)
-    _door(["audit", "import", str(export), "--store", str(store)], capsys)
+    _door(["audit", "import", str(export), "--store", str(store)], capsys, (0, 1, 2))
     _door(["audit", "verify", str(export)], capsys, (0, 1, 2))  # 1: tampering found
 
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .jsonio import JSONBoundError, parse
+
 if TYPE_CHECKING:
     import cattrs
 
@@ -186,10 +188,12 @@ def read_results(path: Path) -> Cohort:
     errors: list[ReplayError] = []
     for number, line in _lines(path):
         try:
-            data = json.loads(line)
+            data = parse(line)
         except json.JSONDecodeError as exc:
             problem = Problem(f"not valid JSON: {exc.msg} (column {exc.colno})", "$", number)
             raise IechsError([problem], str(path)) from None
+        except JSONBoundError as exc:
+            raise IechsError([Problem(exc.reason, exc.path, number)], str(path)) from None
         try:
             if isinstance(data, dict) and "error" in data and "format" not in data:
                 source, error = data.get("source"), data.get("error")
@@ -266,7 +270,7 @@ def read_source(source: Path, guideline: Guideline) -> Cohort:
             [Problem("empty: neither results of replay-cohort nor timelines")], str(source)
         )
     try:
-        data = json.loads(first[1])
-    except json.JSONDecodeError:
+        data = parse(first[1])
+    except ValueError:  # not JSON, or beyond the bounds: read as a cohort, which says why
         data = None
     return read_results(source) if _is_results_line(data) else read_cohort(source, guideline)

@@ -17,7 +17,7 @@ import attrs
 
 from .errors import IechsError, Problem
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "loads"]
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "JSONBoundError", "loads", "parse"]
 
 #: deeper than any FHIR Bundle or timeline needs (a Bundle's deepest path is about 12).
 MAX_DEPTH = 64
@@ -50,31 +50,50 @@ def _constant(name: str) -> _Refused:
     return _Refused(f"{name} is not a finite number (and not JSON)")
 
 
-def loads(text: str | bytes, file: str, error: type[IechsError] = IechsError) -> Any:
-    """Parse JSON within the bounds above; an `error` (an `IechsError`) naming `file`
-    otherwise."""
+class JSONBoundError(ValueError):
+    """A JSON text beyond the bounds: `path` names the place, `reason` what is wrong."""
+
+    def __init__(self, reason: str, path: str = "$") -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+        self.path = path
+
+
+def parse(text: str | bytes) -> Any:
+    """`json.loads` within the bounds above: `json.JSONDecodeError` or `JSONBoundError` (both
+    `ValueError`s) otherwise, for callers that report a bad line in their own way."""
     try:
         data = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except RecursionError:
+        raise JSONBoundError(f"nested more than {MAX_DEPTH} levels deep") from None
+    # A lone surrogate (`"\ud800"`) is valid JSON but no text: it cannot be written back out.
+    # Strings are searched only when the text escapes one (rare), to keep parsing fast.
+    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if (found := _refused(data, "\\ud" in raw.lower())) is not None:
+        raise JSONBoundError(found[1], found[0])
+    return data
+
+
+def loads(
+    text: str | bytes, file: str, error: type[IechsError] = IechsError, *, lines: bool = True
+) -> Any:
+    """Parse JSON within the bounds above; an `error` (an `IechsError`) naming `file`
+    otherwise. `lines=False` when `file` already names a line (`cohort.jsonl:7`)."""
+    try:
+        return parse(text)
     except json.JSONDecodeError as exc:
         raise error(
             [
                 Problem(
                     f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
                     "$",
-                    exc.lineno,
+                    exc.lineno if lines else None,
                 )
             ],
             file,
         ) from None
-    except RecursionError:
-        raise error([Problem(f"nested more than {MAX_DEPTH} levels deep", "$")], file) from None
-    # A lone surrogate (`"\ud800"`) is valid JSON but no text: it cannot be written back out.
-    # Strings are searched only when the text escapes one (rare), to keep parsing fast.
-    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
-    strings = "\\ud" in raw.lower()
-    if (found := _refused(data, strings)) is not None:
-        raise error([Problem(found[1], found[0])], file)
-    return data
+    except JSONBoundError as exc:
+        raise error([Problem(exc.reason, exc.path)], file) from None
 
 
 def _refused(data: Any, strings: bool = False) -> tuple[str, str] | None:

@@ -41,13 +41,13 @@ hold exactly these records for the episode up to the export's head, byte for byt
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..jsonio import parse
 from .checkpoint import Checkpoint, key_id
 from .errors import AuditError, problem
 from .records import GENESIS, AuditRecord, canonical, parse_record, sha256_hex
@@ -138,7 +138,7 @@ def _read(item: StoredRecord) -> tuple[AuditRecord | None, str, str | None]:
     if item.defect is not None:
         return None, digest, item.defect
     try:
-        content = json.loads(item.body)
+        content = parse(item.body)
     except ValueError as exc:
         return None, digest, f"its content is not JSON ({exc})"
     try:
@@ -168,7 +168,7 @@ def _index_problem(item: StoredRecord, record: AuditRecord) -> str | None:
 
 def _seq_of(item: StoredRecord) -> int | None:
     try:
-        seq = json.loads(item.body).get("seq")
+        seq = parse(item.body).get("seq")
     except (ValueError, AttributeError):
         return None
     return seq if isinstance(seq, int) else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..jsonio import parse
 from .errors import CheckpointError, problem
 from .records import canonical
 
@@ -114,7 +114,7 @@ def sign_checkpoint(
 def load_checkpoint(path: str | Path) -> Checkpoint:
     shown = str(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = parse(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise CheckpointError(
             problem(f"cannot read the checkpoint: {exc.strerror}"), shown

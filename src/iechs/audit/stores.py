@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
+from ..jsonio import parse
 from .errors import SnapshotSealError, StoreError, problem
 from .records import GENESIS, AuditRecord, RecordDraft, canonical, parse_record, sha256_hex
 
@@ -809,7 +810,7 @@ class JsonlLog:
         if header_line is None:
             raise StoreError(problem("empty file: not an iechs audit export"), self.location)
         try:
-            header = None if header_line[1] else json.loads(header_line[0])
+            header = None if header_line[1] else parse(header_line[0])
         except ValueError:
             header = None
         if (
@@ -878,7 +879,7 @@ class JsonlLog:
                 yield StoredRecord(body=line, hash=None, where=where, defect=unreadable)
                 continue
             try:
-                item = json.loads(line)
+                item = parse(line)
             except ValueError as exc:
                 yield StoredRecord(body=line, hash=None, where=where, defect=f"not JSON ({exc})")
                 continue
