@@ -34,7 +34,6 @@ EXPECTED: dict[str, set[str]] = {
     "escalation-guard-without-time.yaml": {"escalation_after_min_time"},
     "reassessment-120h.yaml": {"parameters_in_range"},
     "min-escalation-6h.yaml": {"parameters_in_range"},
-    "nan-window.yaml": {"parameters_in_range"},
     "lab-validity-two-weeks.yaml": {"parameters_in_range"},
     "tocilizumab-as-corticosteroid.yaml": {"drug_classes_pinned", "il6_never_a_line"},
     "il6-class-made-a-line.yaml": {"il6_never_a_line"},
@@ -61,6 +60,8 @@ REFUSED: dict[str, tuple[str, int]] = {
     "profile-properties-null.yaml": ("properties: null", 6),
     "profile-redefines-contract-property.yaml": ("infection_gate", 8),
     "profile-changes-contract.yaml": ("cannot change the contract", 7),
+    # a NaN never reaches the verifier: guideline numbers are finite (bad input, exit 2)
+    "nan-window.yaml": ("expected a finite number, got nan", 9),
 }
 #: the behavioural properties: a violation is a run, reproduced by the engine
 BEHAVIOURAL = {
