@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from iechs import Engine, Guideline, load_guideline
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 settings.register_profile("fast", max_examples=60, deadline=None)
 settings.register_profile(
@@ -28,3 +33,27 @@ def guideline() -> Guideline:
 @pytest.fixture(scope="session")
 def engine(guideline: Guideline) -> Engine:
     return Engine(guideline)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the browser test)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium driven by Playwright (never `playwright install`). Outside CI a missing
+    chromium or Playwright skips the test with the reason; in CI it fails it."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright is not installed: pip install -e '.[dev]'")
+    from iechs.diagram.browser import chromium_path, launch
+
+    if chromium_path() is None:
+        _unavailable("chromium is not installed: apt-get install -y chromium")
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()

@@ -9,7 +9,6 @@ The PostgreSQL server is the throwaway one of tests/test_audit_postgres.py (its 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 from contextlib import closing
@@ -41,21 +40,10 @@ from iechs.audit.export import sound_records
 from iechs.audit.records import RECORD_FORMAT_1, AuditRecord, canonical, parse_record, snapshot_seal
 from iechs.audit.snapshots import episodes_of
 from iechs.cli import main
+from sibling import load
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(
-        f"_{name}", Path(__file__).with_name(f"{name}.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-server = _load("test_audit_postgres").server  # the throwaway PostgreSQL server (a fixture)
-S = _load("test_service_helpers")
+server = load("test_audit_postgres").server  # the throwaway PostgreSQL server (a fixture)
+S = load("test_service_helpers")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

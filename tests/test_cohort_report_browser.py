@@ -8,7 +8,6 @@ with the reason; in CI (`CI` set) it fails them, as `test_review_browser.py` doe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,35 +15,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from iechs.cli import main
-from iechs.diagram.browser import chromium_path
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "tests" / "fixtures" / "cohort-report" / "results.jsonl"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run the browser test)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright is not installed: pip install -e '.[dev]'")
-    if chromium_path() is None:
-        _unavailable("chromium is not installed: apt-get install -y chromium")
-    from iechs.diagram.browser import launch
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 class Loaded:

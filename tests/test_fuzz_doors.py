@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iechs.cli import main
+from sibling import load
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMELINE = json.loads((ROOT / "examples" / "day14-steroid-response.json").read_text())
@@ -184,20 +185,7 @@ def test_audit_import_never_tracebacks(
 # --- the service: hostile bodies to a real server ---------------------------------------------
 
 
-def _load_service_helpers() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "_service_helpers", Path(__file__).with_name("test_service_helpers.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_service_helpers()
+S = load("test_service_helpers")
 HOOK: dict[str, Any] = {
     "hook": "patient-view",
     "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",

@@ -6,7 +6,6 @@ it fails them: `make test` installs chromium when it runs as root.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,34 +14,11 @@ import pytest
 
 from iechs import Guideline, load_guideline
 from iechs.diagram.artefacts import review_page
-from iechs.diagram.browser import chromium_path
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run the browser test)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright is not installed: pip install -e '.[dev]'")
-    if chromium_path() is None:
-        _unavailable("chromium is not installed: apt-get install -y chromium")
-    from iechs.diagram.browser import launch
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 class Loaded:

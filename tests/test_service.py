@@ -3,7 +3,6 @@ called over HTTP, over a SQLite store the engine recorded beforehand."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,20 +17,9 @@ from iechs.audit.chain import read_record
 from iechs.cli import main
 from iechs.service.core import ORDER_ALERTS
 from iechs.timeline import format_time
+from sibling import load
 
-
-def _load_helpers() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_service_helpers", Path(__file__).with_name("test_service_helpers.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_helpers()
+S = load("test_service_helpers")
 # first_line_steroids since its last event, dexamethasone at 2026-07-10T21:00Z; the tocilizumab
 # therapy (2026-07-09T19:30Z, 2026-07-10T03:00Z, in suspected) was judged then.
 IL6 = S.EXAMPLES / "tocilizumab-monotherapy-deviation.json"

@@ -6,7 +6,6 @@ feedback limits, and latency that does not grow with the feedback an episode has
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 import time
@@ -22,20 +21,9 @@ from iechs import Engine, parse_event
 from iechs.audit import RecordedEpisode, open_store, run_recorded
 from iechs.service.cards import card_uuid, content_of
 from iechs.service.episodes import RestoredEpisodes
+from sibling import load
 
-
-def _load_helpers() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_service_helpers", Path(__file__).with_name("test_service_helpers.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_helpers()
+S = load("test_service_helpers")
 PATIENT = "svc-no-steroid"  # IEC-HS suspected, criteria met, no corticosteroid yet
 CLOSED = "demo-day14"
 

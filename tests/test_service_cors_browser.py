@@ -12,9 +12,7 @@ fails them. The HTTP-level tests below them need no browser.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
-import os
 import threading
 import time
 import uuid
@@ -30,24 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from iechs import Engine
 from iechs.audit import run_recorded
-from iechs.diagram.browser import chromium_path
+from sibling import load
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 
-def _load_helpers() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_service_helpers", Path(__file__).with_name("test_service_helpers.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_helpers()
+S = load("test_service_helpers")
 ISSUER = "https://ehr.example.org"
 PUBLIC = "https://cds.example.org"
 PATIENT = "svc-no-steroid"
@@ -67,12 +54,6 @@ CALL = """async ({url, method, token, body}) => {
     return {fetched: false, error: String(error)};
   }
 }"""
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run the browser test)")
-    pytest.skip(reason)
 
 
 class Page:
@@ -144,22 +125,6 @@ def service(
     )
     with S.serving(store, *options, log_dir=folder) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright is not installed: pip install -e '.[dev]'")
-    if chromium_path() is None:
-        _unavailable("chromium is not installed: apt-get install -y chromium")
-    from iechs.diagram.browser import launch
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def _from_page(browser: Browser, page: Page, **call: Any) -> dict[str, Any]:

@@ -4,7 +4,6 @@ this file with `importlib` (tests are not a package)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -25,18 +23,6 @@ NO_STEROID = SERVICE_EXAMPLES / "iec-hs-no-steroid.json"
 PATIENT_VIEW = "/cds-services/iechs-patient-view"
 ORDER_SIGN = "/cds-services/iechs-order-sign"
 IECHS_SYSTEM = "https://iechs.dev/fhir/CodeSystem/iechs"
-
-
-def load(name: str) -> ModuleType:
-    """Another test module of this folder, by file name (e.g. `test_audit_postgres`)."""
-    spec = importlib.util.spec_from_file_location(
-        f"_{name}", Path(__file__).with_name(f"{name}.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ The throwaway PostgreSQL server is the one of tests/test_audit_postgres.py (its 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 import uuid
@@ -29,21 +28,10 @@ from iechs.audit.chain import read_record
 from iechs.cli import main
 from iechs.service.tables import ServiceTables
 from iechs.service.tokens import UsedTokens
+from sibling import load
 
-
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(
-        f"_{name}", Path(__file__).with_name(f"{name}.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load("test_service_helpers")
-server = _load("test_audit_postgres").server  # the throwaway PostgreSQL server (a fixture)
+S = load("test_service_helpers")
+server = load("test_audit_postgres").server  # the throwaway PostgreSQL server (a fixture)
 PATIENT = "svc-no-steroid"
 ROUNDS = 6
 

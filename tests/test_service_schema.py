@@ -4,9 +4,7 @@ body must be the documented ones, and invalid requests must be refused with a 4x
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,20 +15,9 @@ from schemathesis import GenerationMode, checks
 
 from iechs import Engine
 from iechs.audit import open_store, run_recorded
+from sibling import load
 
-
-def _load_helpers() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_service_helpers", Path(__file__).with_name("test_service_helpers.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_helpers()
+S = load("test_service_helpers")
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import importlib.util
 import json
 import time
 import uuid
@@ -30,20 +29,9 @@ from iechs.service.clients import tenant_episode_id
 from iechs.service.security import AuthError, KeyFileError, TokenVerifier
 from iechs.service.tables import ServiceTables
 from iechs.service.tokens import UsedTokens
+from sibling import load
 
-
-def _load_helpers() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_service_helpers", Path(__file__).with_name("test_service_helpers.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_helpers()
+S = load("test_service_helpers")
 ISSUER = "https://ehr.example.org"
 AUD = "http://127.0.0.1:9/cds-services/iechs-order-sign"
 #: The servers' public URL: the audience of every token they accept.
