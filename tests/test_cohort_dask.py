@@ -363,9 +363,10 @@ def test_without_dask_the_command_says_what_to_install(
     monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` fails
     assert replay(cohort, tmp_path / "r.jsonl", "--executor", "dask") == 2
     assert (
-        "iechs replay-cohort: dask: --executor: needs dask and distributed: "
-        "pip install 'iechs[cluster]'" in capsys.readouterr().err
+        "iechs replay-cohort: replay on a Dask cluster (`--executor dask`) needs distributed, "
+        "which is not installed: pip install 'iechs[cluster]'" in capsys.readouterr().err
     )
+    assert not list(tmp_path.iterdir())  # refused before anything starts
 
 
 def test_without_pyarrow_the_command_says_what_to_install(
@@ -378,7 +379,10 @@ def test_without_pyarrow_the_command_says_what_to_install(
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     out = tmp_path / "r.parquet"
     assert replay(cohort, out, "--workers", "1") == 2
-    assert "writing Parquet needs pyarrow: pip install 'iechs[cluster]'" in capsys.readouterr().err
+    assert (
+        "iechs replay-cohort: Parquet results (`--out results.parquet`) needs pyarrow, which is "
+        "not installed: pip install 'iechs[parquet]'" in capsys.readouterr().err
+    )
     assert not list(tmp_path.iterdir())
 
 
@@ -407,8 +411,21 @@ def test_a_scheduler_without_workers_is_a_clear_error(
     assert "no worker joined the scheduler within 1 s" in capsys.readouterr().err
 
 
-def test_scheduler_needs_the_dask_executor(
-    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--scheduler", "tcp://127.0.0.1:8786"), "--scheduler needs --executor dask"),
+        (("--executor", "dask", "--partition-size", "0"), "--partition-size is at least 1"),
+        (("--executor", "dask", "--timeout", "0"), "--timeout is a number of seconds above 0"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_starts(
+    cohort: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: tuple[str, ...],
+    message: str,
 ) -> None:
-    assert replay(cohort, tmp_path / "r.jsonl", "--scheduler", "tcp://127.0.0.1:8786") == 2
-    assert "--scheduler needs --executor dask" in capsys.readouterr().err
+    assert replay(cohort, tmp_path / "r.jsonl", *options) == 2
+    assert f"iechs replay-cohort: {cohort}: $: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -143,15 +143,12 @@ def _init_worker(guideline: str | None, runtime: str) -> None:
 
 def timeline_of(key: str, text: str, guideline: Guideline) -> Timeline:
     """Parse one cohort item (native timeline or FHIR Bundle); bad input is an `IechsError`."""
-    from .errors import IechsError, Problem
+    from .jsonio import loads
     from .timeline import parse_timeline
 
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IechsError(
-            [Problem(f"not valid JSON: {exc.msg} (column {exc.colno})", "$")], key
-        ) from None
+    data = loads(
+        text, key, lines=False
+    )  # bounded: depth, integer size, finite numbers (exit 2 otherwise)
     if isinstance(data, dict) and data.get("resourceType") == "Bundle":
         from .fhir.input import bundle_to_timeline
 
@@ -290,6 +287,7 @@ class _Parquet:
 def _writer(out: Path, force: bool) -> tuple[_JsonLines | _Parquet, set[str]]:
     """The writer for `out` (by its suffix) and the keys already done there (resume)."""
     from .errors import IechsError, Problem
+    from .extras import require
 
     if out.suffix.lower() == ".parquet":
         if out.exists() and not force:
@@ -303,16 +301,11 @@ def _writer(out: Path, force: bool) -> tuple[_JsonLines | _Parquet, set[str]]:
                 ],
                 str(out),
             )
-        try:
-            return _Parquet(out), set()
-        except ImportError:
-            raise IechsError(
-                [Problem("writing Parquet needs pyarrow: pip install 'iechs[cluster]'", "--out")],
-                str(out),
-            ) from None
+        require("parquet")  # pyarrow: `pip install 'iechs[parquet]'`
+        return _Parquet(out), set()
     try:
         done = _done(out)
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):  # not JSON, beyond the bounds, not results
         raise IechsError(
             [Problem("not a results file of replay-cohort (cannot resume)")], str(out)
         ) from None
@@ -325,9 +318,11 @@ def _done(out: Path) -> set[str]:
         return set()
     raw = out.read_bytes()
     keep = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
+    from .jsonio import parse
+
     keys: set[str] = set()
     for line in keep.splitlines():
-        keys.add(json.loads(line)["source"])
+        keys.add(parse(line)["source"])
     if keep != raw:
         out.write_bytes(keep)
     return keys
@@ -348,8 +343,14 @@ def run(args: argparse.Namespace) -> int:
         raise IechsError([Problem("--workers is at least 1")], str(source))
     if args.partition_size < 1:
         raise IechsError([Problem("--partition-size is at least 1")], str(source))
+    if not args.timeout > 0:
+        raise IechsError([Problem("--timeout is a number of seconds above 0")], str(source))
     if args.scheduler is not None and args.executor != "dask":
         raise IechsError([Problem("--scheduler needs --executor dask")], str(source))
+    if args.executor == "dask":
+        from .extras import require
+
+        require("cluster")  # dask, distributed: `pip install 'iechs[cluster]'`
     out = Path(args.out)
     # Load the guideline once here, so that a bad guideline fails before any worker starts.
     _init_worker(args.guideline, args.runtime)
