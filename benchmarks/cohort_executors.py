@@ -205,7 +205,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="synthetic cohort seed")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="iechs-cohort-bench-"))
+    with tempfile.TemporaryDirectory(prefix="iechs-cohort-bench-") as folder:
+        return measure(args, Path(folder))
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> int:
     source = tmp / "cohort.jsonl"
     events = 0
     with source.open("w", encoding="utf-8") as fh:
