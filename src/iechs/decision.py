@@ -4,6 +4,7 @@ explanation of every guard it evaluated. Values only; `to_json` gives the docume
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ __all__ = [
     "Deviation",
     "GuardResult",
     "run_to_json",
+    "state_entries",
 ]
 
 Severity = Literal["critical", "warning", "info"]
@@ -229,15 +231,22 @@ class Decision:
         return out
 
 
+def state_entries(decisions: Sequence[Decision]) -> list[tuple[str, datetime]]:
+    """Each state entered, in order, with the time of the step that entered it (states passed
+    through within a step included): the path of a run."""
+    entries: list[tuple[str, datetime]] = []
+    for d in decisions:
+        for state in (*d.via, d.target):
+            if not entries or entries[-1][0] != state:
+                entries.append((state, d.at))
+    return entries
+
+
 def run_to_json(
     guideline: dict[str, str], patient_id: str, decisions: list[Decision]
 ) -> dict[str, Any]:
     """The `iechs run --format json` document."""
-    path: list[str] = []
-    for d in decisions:
-        for state in (*d.via, d.target):
-            if not path or path[-1] != state:
-                path.append(state)
+    path = [state for state, _ in state_entries(decisions)]
     return {
         "format": "iechs.run/1",
         "guideline": guideline,

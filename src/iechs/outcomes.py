@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .decision import Decision
+from .decision import Decision, state_entries
 from .timeline import format_time
 
 __all__ = ["SUMMARY_FORMAT", "summarise"]
@@ -27,20 +27,14 @@ SUMMARY_FORMAT = "iechs.summary/1"
 
 def summarise(source: str, patient: str, decisions: Sequence[Decision]) -> dict[str, Any]:
     """The summary of one replayed course (see the module docstring)."""
-    path: list[str] = []
-    entered: list[dict[str, str]] = []
-    for d in decisions:
-        for state in (*d.via, d.target):
-            if not path or path[-1] != state:
-                path.append(state)
-                entered.append({"state": state, "at": format_time(d.at)})
+    entries = state_entries(decisions)
     return {
         "format": SUMMARY_FORMAT,
         "source": source,
         "patient": patient,
         "final_state": decisions[-1].target if decisions else None,
-        "path": path,
-        "entered": entered,
+        "path": [state for state, _ in entries],
+        "entered": [{"state": state, "at": format_time(at)} for state, at in entries],
         "alerts": [{"code": a.code, "at": format_time(a.at)} for d in decisions for a in d.alerts],
         "deviations": sum(len(d.deviations) for d in decisions),
         "deviation_events": [
