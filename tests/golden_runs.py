@@ -1,5 +1,5 @@
 """Write `tests/golden/runs.json`: the sha256 of every decision the engine makes on a fixed set
-of courses (the same under both runtimes) (`python tests/golden/make.py`).
+of courses (the same under both runtimes) (`python tests/golden_runs.py`).
 
 The differential test `tests/test_golden_runs.py` holds the engine to these bytes: a change to
 how the engine computes (lazy explanations, incremental criteria, lighter records) must not
@@ -22,8 +22,8 @@ from iechs.decision import run_to_json
 from iechs.synthetic import synthetic_cohort
 from iechs.timeline import Timeline
 
-ROOT = Path(__file__).resolve().parents[2]
-OUT = Path(__file__).with_name("runs.json")
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).with_name("golden") / "runs.json"
 SEED, PATIENTS = 20261127, 120
 
 
@@ -59,9 +59,7 @@ def record(engine: Engine, name: str, timeline: Timeline) -> dict[str, str]:
         out[mode] = digest(run_to_json(engine.identity, ep.patient.id, ep.decisions))
         out[f"{mode}.snapshot"] = digest(ep.snapshot())
         out[f"{mode}.restored"] = digest(
-            run_to_json(
-                engine.identity, ep.patient.id, engine.restore(ep.snapshot()).decisions
-            )
+            run_to_json(engine.identity, ep.patient.id, engine.restore(ep.snapshot()).decisions)
         )
     return out
 
