@@ -74,4 +74,4 @@ if __name__ == "__main__":
     if runs != golden("table"):
         sys.exit("the two runtimes disagree: fix that first (tests/test_runtime_equivalence.py)")
     OUT.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {OUT}", file=sys.stderr)
+    sys.stderr.write(f"wrote {OUT}\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from sibling import load
 
 make = load("golden_runs")
