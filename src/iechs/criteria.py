@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import enum
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import attrs
 
@@ -24,6 +24,7 @@ __all__ = [
     "CriteriaPlan",
     "Dose",
     "Evaluation",
+    "Explained",
     "Facts",
     "Reading",
     "Therapy",
@@ -274,6 +275,8 @@ class CriteriaPlan:
         #: how long a therapy runs after its last dose (engine and `therapy` criteria).
         self.continuity = c.value if c is not None else 0.0  # no parameter: every dose alone
         self.nodes = {name: self._compile(name, c) for name, c in g.criteria.items()}
+        #: each criterion's reader with its node (the hot path of `Evaluation.value`).
+        self.readers = {name: (_READ[n.kind], n) for name, n in self.nodes.items()}
 
     def _compile(self, name: str, c: m.Criterion) -> _Node:
         kind = c.kind
@@ -329,7 +332,15 @@ class CriteriaPlan:
 
 
 class Evaluation:
-    """Evaluates the criteria over the facts at one moment; each criterion at most once."""
+    """Evaluates the criteria over the facts at one moment; each criterion at most once.
+
+    Deciding needs only values: `value` computes a criterion's value and keeps what it read
+    (immutable readings, not the facts). The explanation (`Verdict`: detail, readings, what is
+    missing) is built from those when asked for (`__call__`, `verdict`, `explained`), so a
+    step pays for formatting only when its decision is rendered or recorded; it is the same
+    explanation whenever it is built, because it reads only what was kept at the step."""
+
+    __slots__ = ("_payload", "_read", "_verdicts", "facts", "g", "line_start", "plan", "values")
 
     def __init__(
         self,
@@ -343,19 +354,55 @@ class Evaluation:
         #: when the current line started (default: the facts'); a route's later hop reads the
         #: criteria as they will be once its line has started.
         self.line_start = facts.line_started_at if line_start is None else line_start
-        self.verdicts: dict[str, Verdict] = {}
+        #: the value of each criterion evaluated, in the order they were decided (children
+        #: before the criteria that combine them).
+        self.values: dict[str, Tri] = {}
+        self._payload: dict[str, Any] = {}
+        self._verdicts: dict[str, Verdict] = {}
+        self._read = self.plan.readers
 
-    def __call__(self, name: str) -> Verdict:
-        v = self.verdicts.get(name)
+    def value(self, name: str) -> Tri:
+        v = self.values.get(name)
         if v is None:
-            node = self.plan.nodes[name]
-            v = _EVALUATORS[node.kind](self, node)
-            self.verdicts[name] = v
+            read, node = self._read[name]
+            v, self._payload[name] = read(self, node)
+            self.values[name] = v
         return v
 
+    def __call__(self, name: str) -> Verdict:
+        self.value(name)
+        return self.verdict(name)
+
+    def verdict(self, name: str) -> Verdict:
+        """The explanation of a criterion already evaluated."""
+        v = self._verdicts.get(name)
+        if v is None:
+            node = self.plan.nodes[name]
+            v = _EXPLAIN[node.kind](self, node, self.values[name], self._payload[name])
+            self._verdicts[name] = v
+        return v
+
+    @property
+    def verdicts(self) -> dict[str, Verdict]:
+        return {n: self.verdict(n) for n in self.values}
+
+    def explained(self) -> Explained:
+        """The verdicts of the criteria evaluated so far, built when first used."""
+        return Explained(self, tuple(self.values))
+
     def guard(self, when: tuple[str, ...], unless: tuple[str, ...]) -> Tri:
-        parts = [self(n).value for n in when] + [self(n).value.negate() for n in unless]
-        return _and(parts)
+        """Kleene `and` of `when` and of the negations of `unless`; every criterion named is
+        evaluated (the explanation lists them all)."""
+        result = Tri.TRUE
+        for n in when:
+            v = self.value(n)
+            if v is not Tri.TRUE and result is not Tri.FALSE:
+                result = v
+        for n in unless:
+            v = self.value(n)
+            if v is not Tri.FALSE and result is not Tri.FALSE:
+                result = Tri.UNKNOWN if v is Tri.UNKNOWN else Tri.FALSE
+        return result
 
     def missing_for(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """What to measure so that these (UNKNOWN) criteria can be decided."""
@@ -367,34 +414,105 @@ class Evaluation:
         return tuple(out)
 
 
+class Explained(Sequence[Verdict]):
+    """The verdicts of an evaluation as they were when a decision was made (the criteria
+    evaluated by then, in order), built on first use."""
+
+    __slots__ = ("_evaluation", "_items", "_names")
+
+    def __init__(self, evaluation: Evaluation, names: tuple[str, ...]) -> None:
+        self._evaluation: Evaluation | None = evaluation
+        self._names = names
+        self._items: tuple[Verdict, ...] | None = None
+
+    def _all(self) -> tuple[Verdict, ...]:
+        if self._items is None:
+            assert self._evaluation is not None
+            self._items = tuple(self._evaluation.verdict(n) for n in self._names)
+            self._evaluation = None
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> Verdict: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Verdict, ...]: ...
+    def __getitem__(self, index: int | slice) -> Verdict | tuple[Verdict, ...]:
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[Verdict]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Explained | tuple):
+            return self._all() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
 def _missing(name: str, what: str, detail: str, reads: tuple[Reading, ...] = ()) -> Verdict:
     return Verdict(name, Tri.UNKNOWN, detail, reads, (what,))
 
 
-def _threshold(ev: Evaluation, n: _Node) -> Verdict:
+# Each kind of criterion has a reader, `(evaluation, node) -> (value, kept)`, which decides
+# and keeps what it read (immutable values, never the facts), and an explainer,
+# `(evaluation, node, value, kept) -> Verdict`, which spells it out when asked for.
+
+_T, _F, _U = Tri.TRUE, Tri.FALSE, Tri.UNKNOWN
+
+
+def _read_threshold(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+    op, limit, validity, _ = n.args
+    latest = ev.facts.latest(n.spec.observation, validity)
+    if latest is None:
+        return _U, None
+    return (_T if op(latest[1], limit) else _F), latest
+
+
+def _threshold(ev: Evaluation, n: _Node, value: Tri, latest: Any) -> Verdict:
     t: m.Threshold = n.spec
-    op, limit, validity, unit = n.args
-    latest = ev.facts.latest(t.observation, validity)
+    _, limit, _, unit = n.args
     if latest is None:
         return _missing(n.name, t.observation, f"no recent {t.observation} value")
-    at, value = latest
+    at, v = latest
     return Verdict(
         n.name,
-        Tri.of(op(value, limit)),
-        f"{t.observation} {value:g} {t.op} {limit:g} {unit}",
-        (Reading(t.observation, value, unit, at),),
+        value,
+        f"{t.observation} {v:g} {t.op} {limit:g} {unit}",
+        (Reading(t.observation, v, unit, at),),
     )
 
 
-def _ratio(ev: Evaluation, n: _Node) -> Verdict:
+def _read_ratio(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     r: m.Ratio = n.spec
-    op, factor, ref, ref_name, validity, unit = n.args
+    op, factor, ref, _, validity, _ = n.args
     latest = ev.facts.latest(r.observation, validity)
     if latest is None:
-        return _missing(n.name, r.observation, f"no recent {r.observation} value")
-    at, value = latest
-    read = Reading(r.observation, value, unit, at)
+        return _U, None
     base = ev.facts.baseline.get(r.observation)
+    if ref is None:
+        if base is None:
+            return _U, (latest, None)
+        ref = base[1]
+    elif r.baseline_if_abnormal and base is not None and op(base[1], ref):
+        ref = base[1]
+    return (_T if op(latest[1], factor * ref) else _F), (latest, base)
+
+
+def _ratio(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
+    r: m.Ratio = n.spec
+    op, factor, ref, ref_name, _, unit = n.args
+    if kept is None:
+        return _missing(n.name, r.observation, f"no recent {r.observation} value")
+    (at, v), base = kept
+    read = Reading(r.observation, v, unit, at)
     if ref is None:
         if base is None:
             return _missing(
@@ -415,25 +533,21 @@ def _ratio(ev: Evaluation, n: _Node) -> Verdict:
         ref_read = Reading(ref_name, ref, unit)
     return Verdict(
         n.name,
-        Tri.of(op(value, factor * ref)),
-        f"{r.observation} {value:g} {r.op} {factor:g} x {ref_name} {ref:g} {unit}",
+        value,
+        f"{r.observation} {v:g} {r.op} {factor:g} x {ref_name} {ref:g} {unit}",
         (read, ref_read),
     )
 
 
-def _trend(ev: Evaluation, n: _Node) -> Verdict:
+def _read_trend(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     t: m.Trend = n.spec
-    hours, unit, flat = n.args
+    hours, _, flat = n.args
     # The direction now: the latest fresh value against the one before it, however old (an
     # older value from before a peak must not hide a fall; a rise after a gap is a rise).
     points = ev.facts.trend_points(t.observation, hours)
     if not points:
-        return _missing(
-            n.name,
-            f"{t.observation} (a fresh value and an earlier one, for a trend)",
-            f"fewer than two {t.observation} values, or the latest older than {hours:g} h",
-        )
-    (t0, first), (t1, last) = points
+        return _U, None
+    (_, first), (_, last) = points
     band = abs(first) * flat  # changes within the band are flat
     if t.direction == "rising":
         ok = last > first + band
@@ -441,20 +555,49 @@ def _trend(ev: Evaluation, n: _Node) -> Verdict:
         ok = last < first - band
     else:
         ok = last >= first - band
+    return (_T if ok else _F), points
+
+
+def _trend(ev: Evaluation, n: _Node, value: Tri, points: Any) -> Verdict:
+    t: m.Trend = n.spec
+    hours, unit, _ = n.args
+    if points is None:
+        return _missing(
+            n.name,
+            f"{t.observation} (a fresh value and an earlier one, for a trend)",
+            f"fewer than two {t.observation} values, or the latest older than {hours:g} h",
+        )
+    (t0, first), (t1, last) = points
     return Verdict(
         n.name,
-        Tri.of(ok),
+        value,
         f"{t.observation} {first:g} -> {last:g} {unit} (latest against the one before) "
-        f"({t.direction.replace('_', ' ')}: {'yes' if ok else 'no'})",
+        f"({t.direction.replace('_', ' ')}: {'yes' if value is _T else 'no'})",
         (Reading(t.observation, first, unit, t0), Reading(t.observation, last, unit, t1)),
     )
 
 
-def _finding(ev: Evaluation, n: _Node) -> Verdict:
+def _read_finding(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     f: m.FindingTest = n.spec
     absent_unless_recorded, valid = n.args
     rec = ev.facts.findings.get(f.code)
     expired = rec is not None and ev.facts.hours_since(rec[0]) > valid
+    if rec is None or expired:
+        return (_F if absent_unless_recorded else _U), (rec, expired)
+    _, present, grade = rec
+    if not present:
+        return _F, (rec, expired)
+    if f.min_grade is None:
+        return _T, (rec, expired)
+    if grade is None:
+        return _U, (rec, expired)
+    return (_T if grade >= f.min_grade else _F), (rec, expired)
+
+
+def _finding(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
+    f: m.FindingTest = n.spec
+    absent_unless_recorded, valid = n.args
+    rec, expired = kept
     if rec is None or expired:
         why = f"expired (recorded {format_time(rec[0])}, valid {valid:g} h)" if rec else None
         if absent_unless_recorded:
@@ -472,24 +615,37 @@ def _finding(ev: Evaluation, n: _Node) -> Verdict:
         return Verdict(n.name, Tri.TRUE, f"{f.code} present", read)
     if grade is None:
         return _missing(n.name, f"grade of {f.code}", f"{f.code} present, grade unknown", read)
-    ok = grade >= f.min_grade
     return Verdict(
         n.name,
-        Tri.of(ok),
-        f"{f.code} grade {grade} >= {f.min_grade}: {'yes' if ok else 'no'}",
+        value,
+        f"{f.code} grade {grade} >= {f.min_grade}: {'yes' if value is _T else 'no'}",
         read,
     )
 
 
-def _grade(ev: Evaluation, n: _Node) -> Verdict:
+def _read_grade(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     gt: m.GradeTest = n.spec
     op, validity = n.args
     grades = ev.facts.grades[gt.of]
-    label = f"{gt.of.upper()} grade"
     if not grades:
+        return _U, None
+    last = grades[-1]
+    if ev.facts.hours_since(last[0]) > validity:
+        return _U, (last, None)
+    if gt.peak:
+        peak = max(g for _, g in grades)
+        return (_T if op(last[1], peak) else _F), (last, peak)
+    return (_T if op(last[1], gt.value) else _F), (last, None)
+
+
+def _grade(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
+    gt: m.GradeTest = n.spec
+    _, validity = n.args
+    label = f"{gt.of.upper()} grade"
+    if kept is None:
         return _missing(n.name, f"{label} (assessment)", f"{label} not assessed")
-    at, latest = grades[-1]
-    if ev.facts.hours_since(at) > validity:
+    (at, latest), peak = kept
+    if value is _U:
         return _missing(
             n.name,
             f"{label} (assessment)",
@@ -497,73 +653,81 @@ def _grade(ev: Evaluation, n: _Node) -> Verdict:
         )
     read = Reading(f"{gt.of}_grade", latest, None, at)
     if gt.peak:
-        peak = max(g for _, g in grades)
         return Verdict(
             n.name,
-            Tri.of(op(latest, peak)),
+            value,
             f"{label} {latest} {gt.op} peak {peak}",
             (read, Reading(f"peak {gt.of}_grade", peak)),
         )
-    return Verdict(
-        n.name, Tri.of(op(latest, gt.value)), f"{label} {latest} {gt.op} {gt.value}", (read,)
-    )
+    return Verdict(n.name, value, f"{label} {latest} {gt.op} {gt.value}", (read,))
 
 
-def _infection(ev: Evaluation, n: _Node) -> Verdict:
-    i: m.InfectionTest = n.spec
+def _read_infection(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     rec = ev.facts.infection
+    if rec is None:
+        return _U, None
+    return (_T if rec[1] in n.spec.status else _F), rec
+
+
+def _infection(ev: Evaluation, n: _Node, value: Tri, rec: Any) -> Verdict:
     if rec is None:
         return _missing(n.name, "infection status (assessment)", "infection not assessed")
     return Verdict(
-        n.name,
-        Tri.of(rec[1] in i.status),
-        f"infection {rec[1]}",
-        (Reading("infection", rec[1], None, rec[0]),),
+        n.name, value, f"infection {rec[1]}", (Reading("infection", rec[1], None, rec[0]),)
     )
 
 
-def _assessed(ev: Evaluation, n: _Node) -> Verdict:
-    a: m.Assessed = n.spec
+def _read_assessed(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     rec = ev.facts.antimicrobials
+    started = rec is not None and rec[1]
+    return (_T if started == n.spec.antimicrobials else _F), rec
+
+
+def _assessed(ev: Evaluation, n: _Node, value: Tri, rec: Any) -> Verdict:
     started = rec is not None and rec[1]
     reads = (Reading("antimicrobials", rec[1], None, rec[0]),) if rec else ()
     detail = "antimicrobials started" if started else "no antimicrobials recorded"
-    return Verdict(n.name, Tri.of(started == a.antimicrobials), detail, reads)
+    return Verdict(n.name, value, detail, reads)
 
 
-def _response(ev: Evaluation, n: _Node) -> Verdict:
+def _read_response(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     r: m.ResponseTest = n.spec
-    since = ev.line_start
     responses = ev.facts.responses
     # A response charted at the time the line started belongs to the order set that started
     # it, whose facts come before its treatments: it is not a response on this line.
-    if not responses or responses[-1][0] <= since:
-        if r.unrecorded == "false":
+    if not responses or responses[-1][0] <= ev.line_start:
+        return (_F if r.unrecorded == "false" else _U), None
+    last = responses[-1]
+    return (_T if last[1] in r.among else _F), last
+
+
+def _response(ev: Evaluation, n: _Node, value: Tri, last: Any) -> Verdict:
+    if last is None:
+        if value is _F:
             return Verdict(n.name, Tri.FALSE, "no response assessment since the line started")
         return _missing(
             n.name,
             "response assessment on the current line",
             "no response assessment since the line started",
         )
-    at, kind = responses[-1]
-    return Verdict(
-        n.name,
-        Tri.of(kind in r.among),
-        f"latest response {kind}",
-        (Reading("response", kind, None, at),),
+    at, kind = last
+    return Verdict(n.name, value, f"latest response {kind}", (Reading("response", kind, None, at),))
+
+
+def _read_therapy(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+    t: m.TherapyTest = n.spec
+    found = ev.facts.doses_within(
+        n.args[0], classes=t.classes, drugs=t.drugs, indications=t.indication, formulary=t.formulary
     )
+    return (_T, found[-1]) if found else (_F, None)
 
 
-def _therapy(ev: Evaluation, n: _Node) -> Verdict:
+def _therapy(ev: Evaluation, n: _Node, value: Tri, d: Any) -> Verdict:
     t: m.TherapyTest = n.spec
     (hours,) = n.args
-    found = ev.facts.doses_within(
-        hours, classes=t.classes, drugs=t.drugs, indications=t.indication, formulary=t.formulary
-    )
-    what = ", ".join((*t.classes, *t.drugs))
-    if not found:
+    if d is None:
+        what = ", ".join((*t.classes, *t.drugs))
         return Verdict(n.name, Tri.FALSE, f"no {what} within {hours:g} h")
-    d = found[-1]
     return Verdict(
         n.name,
         Tri.TRUE,
@@ -572,98 +736,124 @@ def _therapy(ev: Evaluation, n: _Node) -> Verdict:
     )
 
 
-def _risk(ev: Evaluation, n: _Node) -> Verdict:
-    r: m.RiskTest = n.spec
+def _read_risk(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+    among = n.spec.among
+    factors = [f for f in ev.facts.risk_factors if not among or f in among]
+    return (_T if len(factors) >= n.args[0] else _F), factors
+
+
+def _risk(ev: Evaluation, n: _Node, value: Tri, factors: Any) -> Verdict:
     (need,) = n.args
-    factors = [f for f in ev.facts.risk_factors if not r.among or f in r.among]
     return Verdict(
         n.name,
-        Tri.of(len(factors) >= need),
+        value,
         f"{len(factors)} risk factor(s) (need {need:g}): {', '.join(factors) or 'none'}",
         (Reading("risk_factors", factors),),
     )
 
 
-def _duration(since: str, what: str, reading: str) -> Callable[[Evaluation, _Node], Verdict]:
-    def evaluate(ev: Evaluation, n: _Node) -> Verdict:
-        d: m.Duration = n.spec
+def _duration(
+    since: str, what: str, reading: str
+) -> tuple[Callable[[Evaluation, _Node], tuple[Tri, Any]], Explainer]:
+    def read(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
         op, limit = n.args
         start: datetime = ev.line_start if since == "line_started_at" else ev.facts.infusion_at
         hours = ev.facts.hours_since(start)
+        return (_T if op(hours, limit) else _F), (hours, start)
+
+    def explain(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
+        d: m.Duration = n.spec
+        _, limit = n.args
+        hours, start = kept
         return Verdict(
             n.name,
-            Tri.of(op(hours, limit)),
+            value,
             f"{hours:g} h {what} {d.op} {limit:g} h",
             (Reading(reading, round(hours, 3), "h", start),),
         )
 
-    return evaluate
+    return read, explain
 
 
-def _combine(ev: Evaluation, n: _Node) -> Verdict:
+def _read_combine(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+    """Kleene logic over the children; `all_of` stops at a FALSE child, `any_of` at a TRUE one
+    (when the result is UNKNOWN nothing decided it, so every child was evaluated and names
+    what is missing). Keeps how many children were evaluated."""
     kind = n.kind
-    verdicts: list[Verdict] = []
-    if kind in ("all_of", "any_of"):
-        # Short-circuit once decided: FALSE decides `all`, TRUE decides `any`. When the result
-        # is UNKNOWN nothing decided it, so every child was evaluated and names what is missing.
-        decisive = Tri.FALSE if kind == "all_of" else Tri.TRUE
-        for child in n.children:
-            v = ev(child)
-            verdicts.append(v)
-            if v.value is decisive:
-                break
-    else:
-        verdicts = [ev(c) for c in n.children]
-    values = tuple(v.value for v in verdicts)
+    value_of = ev.value
     if kind == "all_of":
-        value, op = _and(values), "all of"
+        result, k = _T, 0
+        for child in n.children:
+            v = value_of(child)
+            k += 1
+            if v is _F:
+                return _F, k
+            if v is _U:
+                result = _U
+        return result, k
+    if kind == "any_of":
+        result, k = _F, 0
+        for child in n.children:
+            v = value_of(child)
+            k += 1
+            if v is _T:
+                return _T, k
+            if v is _U:
+                result = _U
+        return result, k
+    values = [value_of(c) for c in n.children]
+    if kind == "not_":
+        return values[0].negate(), len(values)
+    need = n.spec.at_least
+    t, u = values.count(_T), values.count(_U)
+    return (_T if t >= need else _F if t + u < need else _U), len(values)
+
+
+def _combine(ev: Evaluation, n: _Node, value: Tri, k: Any) -> Verdict:
+    kind = n.kind
+    evaluated = n.children[:k]
+    if kind == "all_of":
+        op = "all of"
     elif kind == "any_of":
-        value, op = _or(values), "any of"
+        op = "any of"
     elif kind == "not_":
-        value, op = values[0].negate(), "not"
+        op = "not"
     else:
-        k = n.spec.at_least
-        t = values.count(Tri.TRUE)
-        u = values.count(Tri.UNKNOWN)
-        value = Tri.TRUE if t >= k else Tri.FALSE if t + u < k else Tri.UNKNOWN
-        op = f"at least {k} of"
+        op = f"at least {n.spec.at_least} of"
     missing: tuple[str, ...] = ()
-    if value is Tri.UNKNOWN:
+    if value is _U:
         found: list[str] = []
-        for v in verdicts:
-            if v.value is Tri.UNKNOWN:
-                found.extend(x for x in v.missing if x not in found)
+        for child in evaluated:
+            if ev.values[child] is _U:
+                found.extend(x for x in ev.verdict(child).missing if x not in found)
         missing = tuple(found)
+    values = tuple(ev.values[c] for c in evaluated)
     return Verdict(n.name, value, op, (), missing, n.children, values)
 
 
-_EVALUATORS: dict[str, Callable[[Evaluation, _Node], Verdict]] = {
-    "threshold": _threshold,
-    "ratio": _ratio,
-    "trend": _trend,
-    "finding": _finding,
-    "grade": _grade,
-    "infection": _infection,
-    "assessed": _assessed,
-    "response": _response,
-    "therapy": _therapy,
-    "risk": _risk,
-    "time_on_line": _duration("line_started_at", "on the current line", "hours_on_line"),
-    "time_since_infusion": _duration("infusion_at", "since infusion", "hours_since_infusion"),
-    "all_of": _combine,
-    "any_of": _combine,
-    "not_": _combine,
-    "count_of": _combine,
+Reader = Callable[[Evaluation, _Node], tuple[Tri, Any]]
+Explainer = Callable[[Evaluation, _Node, Tri, Any], Verdict]
+
+_ON_LINE = _duration("line_started_at", "on the current line", "hours_on_line")
+_SINCE_INFUSION = _duration("infusion_at", "since infusion", "hours_since_infusion")
+_KINDS: dict[str, tuple[Reader, Explainer]] = {
+    "threshold": (_read_threshold, _threshold),
+    "ratio": (_read_ratio, _ratio),
+    "trend": (_read_trend, _trend),
+    "finding": (_read_finding, _finding),
+    "grade": (_read_grade, _grade),
+    "infection": (_read_infection, _infection),
+    "assessed": (_read_assessed, _assessed),
+    "response": (_read_response, _response),
+    "therapy": (_read_therapy, _therapy),
+    "risk": (_read_risk, _risk),
+    "time_on_line": _ON_LINE,
+    "time_since_infusion": _SINCE_INFUSION,
+    "all_of": (_read_combine, _combine),
+    "any_of": (_read_combine, _combine),
+    "not_": (_read_combine, _combine),
+    "count_of": (_read_combine, _combine),
 }
+_READ: dict[str, Reader] = {kind: pair[0] for kind, pair in _KINDS.items()}
+_EXPLAIN: dict[str, Explainer] = {kind: pair[1] for kind, pair in _KINDS.items()}
 
-
-def _and(values: Sequence[Tri]) -> Tri:
-    if Tri.FALSE in values:
-        return Tri.FALSE
-    return Tri.UNKNOWN if Tri.UNKNOWN in values else Tri.TRUE
-
-
-def _or(values: Sequence[Tri]) -> Tri:
-    if Tri.TRUE in values:
-        return Tri.TRUE
-    return Tri.UNKNOWN if Tri.UNKNOWN in values else Tri.FALSE

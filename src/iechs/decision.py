@@ -12,7 +12,7 @@ import attrs
 
 from .criteria import Verdict
 from .model import Dose, Recommendation
-from .timeline import format_time
+from .timeline import event_to_json, format_time
 
 __all__ = [
     "ALERT_SEVERITY",
@@ -171,11 +171,22 @@ def _drug_to_json(
         out["frequency"] = frequency
 
 
+def _as_json(item: Any) -> Any:
+    return item if isinstance(item, dict) else event_to_json(item)
+
+
+def _all_as_json(items: Sequence[Any]) -> tuple[dict[str, Any], ...]:
+    return tuple(_as_json(e) for e in items)
+
+
 @attrs.frozen(kw_only=True)
 class Decision:
+    """What the engine decided at one step. `event` and `later` may be given as events: they
+    are rendered as JSON when first read (the hot path does not pay for it)."""
+
     step: int
     at: datetime
-    event: dict[str, Any]
+    _event: Any = attrs.field(alias="event", eq=_as_json)
     source: str | None
     target: str
     machine_event: str | None = None
@@ -183,7 +194,7 @@ class Decision:
     transition_cite: tuple[str, ...] = ()
     inferred: dict[str, str] | None = None
     guards: tuple[GuardResult, ...] = ()
-    criteria: tuple[Verdict, ...] = ()
+    criteria: Sequence[Verdict] = ()
     recommendations: tuple[Recommendation, ...] = ()
     alerts: tuple[Alert, ...] = ()
     deviations: tuple[Deviation, ...] = ()
@@ -196,7 +207,23 @@ class Decision:
     notes: tuple[str, ...] = ()
     #: treatments known to follow this event within the concurrency windows (a retrospective
     #: run): an input of the decision, kept so it can be replayed.
-    later: tuple[dict[str, Any], ...] = ()
+    _later: tuple[Any, ...] = attrs.field(alias="later", default=(), eq=_all_as_json)
+
+    @property
+    def event(self) -> dict[str, Any]:
+        e = self._event
+        if not isinstance(e, dict):
+            e = event_to_json(e)
+            object.__setattr__(self, "_event", e)
+        return e  # type: ignore[no-any-return]
+
+    @property
+    def later(self) -> tuple[dict[str, Any], ...]:
+        items = self._later
+        if items and not isinstance(items[0], dict):
+            items = _all_as_json(items)
+            object.__setattr__(self, "_later", items)
+        return items
 
     @property
     def changed(self) -> bool:

@@ -279,7 +279,10 @@ class Episode:
         self.machine = engine.compiled.chart() if engine.runtime == "statechart" else None
         self._state = self.g.initial_state
         self.decisions: list[Decision] = []
-        self.inputs: list[dict[str, Any]] = []
+        #: what was recorded, in order: an event with what followed it, rendered as JSON on
+        #: first use (`inputs`), or an `advance`.
+        self._inputs: list[Any] = []
+        self._rendered = 0
         self._last_at: datetime | None = None
         self._cycle_line = 0
         self._last_reassessment: datetime | None = None
@@ -305,15 +308,29 @@ class Episode:
     def alerts(self) -> list[Alert]:
         return [a for d in self.decisions for a in d.alerts]
 
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        """What was recorded, as `snapshot()` saves it (the same list, rendered on first use)."""
+        items = self._inputs
+        for i in range(self._rendered, len(items)):
+            item = items[i]
+            if isinstance(item, tuple):
+                event, later = item
+                rendered = event_to_json(event)
+                items[i] = (
+                    {**rendered, "later": [event_to_json(e) for e in later]} if later else rendered
+                )
+        self._rendered = len(items)
+        return items
+
     def step(self, event: Event, *, later: Sequence[Event] = ()) -> Decision:
         """Record one event and decide; events arrive in time order. `later`: what is known to
         follow it (a retrospective run): the rest of its order set, whose facts are decided
         together at the set's last fact, and the treatments within the rules' windows."""
         self._check_time(event.at, event.kind)
-        ev_json = event_to_json(event)
-        later_json = tuple(event_to_json(e) for e in later)
-        self.inputs.append({**ev_json, "later": list(later_json)} if later_json else ev_json)
-        early = self._recorded_only(event, ev_json, later, later_json)
+        later = tuple(later)
+        self._inputs.append((event, later))
+        early = self._recorded_only(event, later)
         if early is not None:
             return early
         at = event.at
@@ -373,7 +390,7 @@ class Episode:
             Decision(
                 step=len(self.decisions),
                 at=at,
-                event=ev_json,
+                event=event,
                 source=state,
                 target=target,
                 machine_event=machine_event,
@@ -381,23 +398,21 @@ class Episode:
                 transition_cite=fired.ref.definition.cite if fired else (),
                 inferred=inferred,
                 guards=tuple(results),
-                criteria=tuple(evaluation.verdicts.values()),
+                criteria=evaluation.explained(),
                 recommendations=self._recs(target),
                 alerts=tuple(alerts),
                 deviations=tuple(deviations),
                 via=tuple(h.ref.target for h in route[:-1]),
                 actions=actions,
                 notes=tuple(notes),
-                later=later_json,
+                later=later,
             )
         )
 
     def _recorded_only(
         self,
         event: Event,
-        ev_json: dict[str, Any],
-        later: Sequence[Event],
-        later_json: tuple[dict[str, Any], ...],
+        later: tuple[Event, ...],
     ) -> Decision | None:
         """A value from before the infusion (a baseline), or a fact with more of its order set
         to follow (decided together, at the set's last fact): recorded, nothing decided."""
@@ -406,7 +421,7 @@ class Episode:
             if isinstance(event, ObservationEvent):
                 assert event.code is not None
                 f.add_observation(event.code, at, event.value)
-            return self._unchanged(at, ev_json)
+            return self._unchanged(at, event)
         f.now = at
         f.later = tuple(self._dose(e, e.indication) for e in later if isinstance(e, TreatmentEvent))
         if isinstance(event, TreatmentEvent | CloseEvent) or not any(
@@ -414,14 +429,14 @@ class Episode:
         ):
             return None
         self._ingest(event)
-        return self._unchanged(at, ev_json, later=later_json)
+        return self._unchanged(at, event, later=later)
 
     def advance(self, to: datetime) -> Decision:
         """What is due at time `to` (no new clinical data): time-based alerts and actions."""
         self._check_time(to, "advance")
-        self.inputs.append({"kind": "advance", "at": format_time(to)})
+        self._inputs.append({"kind": "advance", "at": format_time(to)})
         alerts: list[Alert] = []
-        criteria: tuple[Verdict, ...] = ()
+        criteria: Sequence[Verdict] = ()
         actions: tuple[Action, ...] = ()
         if to >= self.facts.infusion_at:
             self.facts.now = to
@@ -430,7 +445,7 @@ class Episode:
             evaluation = Evaluation(self.engine.plan, self.facts)
             alerts += self._step_rules(to, evaluation)
             actions = self._actions(evaluation)
-            criteria = tuple(evaluation.verdicts.values())
+            criteria = evaluation.explained()
         return self._unchanged(
             to,
             {"kind": "advance", "at": format_time(to)},
@@ -469,7 +484,7 @@ class Episode:
                 event={"kind": "start", "patient": self.patient.id},
                 source=None,
                 target=state,
-                criteria=tuple(evaluation.verdicts.values()),
+                criteria=evaluation.explained(),
                 recommendations=self._recs(state),
                 alerts=tuple(alerts),
                 actions=actions,
@@ -479,12 +494,12 @@ class Episode:
     def _unchanged(
         self,
         at: datetime,
-        event: dict[str, Any],
+        event: Event | dict[str, Any],
         *,
-        criteria: tuple[Verdict, ...] = (),
+        criteria: Sequence[Verdict] = (),
         alerts: list[Alert] | None = None,
         actions: tuple[Action, ...] | None = None,
-        later: tuple[dict[str, Any], ...] = (),
+        later: tuple[Event, ...] = (),
     ) -> Decision:
         """A decision that moves nothing: a baseline value, a fact decided with the rest of its
         order set, or time passing."""
@@ -901,7 +916,7 @@ class Episode:
             n
             for h in hops
             for n in (*h.ref.definition.when, *h.ref.definition.unless)
-            if evaluation(n).value is Tri.UNKNOWN
+            if evaluation.value(n) is Tri.UNKNOWN
         )
         measure = evaluation.missing_for(names)
         labels = "; ".join(h.ref.definition.label for h in hops)
@@ -978,14 +993,14 @@ class Episode:
         if prune:  # what was provided since it was asked for is asked again when missing anew
             for item, names in list(self._missing_raised.items()):
                 if item not in evaluation.missing_for(
-                    tuple(n for n in names if evaluation(n).value is Tri.UNKNOWN)
+                    tuple(n for n in names if evaluation.value(n) is Tri.UNKNOWN)
                 ):
                     del self._missing_raised[item]
         unknown = [r for r in results if r.result == Tri.UNKNOWN.value]
         if not unknown:
             return []
         names = tuple(
-            n for r in unknown for n in (*r.when, *r.unless) if evaluation(n).value is Tri.UNKNOWN
+            n for r in unknown for n in (*r.when, *r.unless) if evaluation.value(n) is Tri.UNKNOWN
         )
         measure = evaluation.missing_for(names)
         if not set(measure) - set(self._missing_raised):
@@ -1019,7 +1034,7 @@ class Episode:
             if value is Tri.FALSE:
                 continue
             if value is Tri.UNKNOWN:
-                names = tuple(n for n in (*a.when, *a.unless) if evaluation(n).value is Tri.UNKNOWN)
+                names = tuple(n for n in (*a.when, *a.unless) if evaluation.value(n) is Tri.UNKNOWN)
                 missing += [x for x in evaluation.missing_for(names) if x not in missing]
                 waiting.append(" ".join(a.text.split()).rstrip("."))
                 cites += [c for c in a.cite if c not in cites]
@@ -1030,7 +1045,7 @@ class Episode:
         for p in self._pending:
             d = p.hop.ref.definition
             pending = self._evaluation_from(p.hop.line_start)
-            names = tuple(n for n in (*d.when, *d.unless) if pending(n).value is Tri.UNKNOWN)
+            names = tuple(n for n in (*d.when, *d.unless) if pending.value(n) is Tri.UNKNOWN)
             items = [x for x in pending.missing_for(names) if x not in missing]
             if items:
                 missing += items
