@@ -340,7 +340,16 @@ class Evaluation:
     step pays for formatting only when its decision is rendered or recorded; it is the same
     explanation whenever it is built, because it reads only what was kept at the step."""
 
-    __slots__ = ("_payload", "_read", "_verdicts", "facts", "g", "line_start", "plan", "values")
+    __slots__ = (
+        "_payload",
+        "_read",
+        "_verdicts",
+        "facts",
+        "g",
+        "line_start",
+        "plan",
+        "values",
+    )
 
     def __init__(
         self,
@@ -368,6 +377,22 @@ class Evaluation:
             v, self._payload[name] = read(self, node)
             self.values[name] = v
         return v
+
+    def missing(self, name: str) -> tuple[str, ...]:
+        """What an evaluated criterion lacks (the same as its verdict's `missing`, without
+        building the explanation)."""
+        if self.values[name] is not _U:
+            return ()
+        node = self.plan.nodes[name]
+        if node.children:
+            found: list[str] = []
+            values = self.values
+            for child in node.children[: self._payload[name]]:
+                if values[child] is _U:
+                    found.extend(x for x in self.missing(child) if x not in found)
+            return tuple(found)
+        v = self._verdicts.get(name)
+        return (v if v is not None else self.verdict(name)).missing
 
     def __call__(self, name: str) -> Verdict:
         self.value(name)
@@ -408,7 +433,8 @@ class Evaluation:
         """What to measure so that these (UNKNOWN) criteria can be decided."""
         out: list[str] = []
         for n in names:
-            for item in self(n).missing:
+            self.value(n)
+            for item in self.missing(n):
                 if item not in out:
                     out.append(item)
         return tuple(out)
@@ -781,10 +807,11 @@ def _read_combine(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     what is missing). Keeps how many children were evaluated."""
     kind = n.kind
     value_of = ev.value
+    known = ev.values
     if kind == "all_of":
         result, k = _T, 0
         for child in n.children:
-            v = value_of(child)
+            v = known.get(child) or value_of(child)
             k += 1
             if v is _F:
                 return _F, k
@@ -794,7 +821,7 @@ def _read_combine(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
     if kind == "any_of":
         result, k = _F, 0
         for child in n.children:
-            v = value_of(child)
+            v = known.get(child) or value_of(child)
             k += 1
             if v is _T:
                 return _T, k
@@ -856,4 +883,3 @@ _KINDS: dict[str, tuple[Reader, Explainer]] = {
 }
 _READ: dict[str, Reader] = {kind: pair[0] for kind, pair in _KINDS.items()}
 _EXPLAIN: dict[str, Explainer] = {kind: pair[1] for kind, pair in _KINDS.items()}
-

@@ -179,10 +179,11 @@ def _all_as_json(items: Sequence[Any]) -> tuple[dict[str, Any], ...]:
     return tuple(_as_json(e) for e in items)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class Decision:
     """What the engine decided at one step. `event` and `later` may be given as events: they
-    are rendered as JSON when first read (the hot path does not pay for it)."""
+    are rendered as JSON when first read (the hot path does not pay for it). Never changed
+    once made (not frozen only because frozen attrs classes are slow to build)."""
 
     step: int
     at: datetime
@@ -214,7 +215,7 @@ class Decision:
         e = self._event
         if not isinstance(e, dict):
             e = event_to_json(e)
-            object.__setattr__(self, "_event", e)
+            self._event = e
         return e  # type: ignore[no-any-return]
 
     @property
@@ -222,7 +223,7 @@ class Decision:
         items = self._later
         if items and not isinstance(items[0], dict):
             items = _all_as_json(items)
-            object.__setattr__(self, "_later", items)
+            self._later = items
         return items
 
     @property

@@ -25,9 +25,10 @@ Semantics (DESIGN.md, "Time, order sets and therapies"):
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import attrs
 
@@ -64,8 +65,7 @@ REASSESS, CLOSE = "reassess", "close"
 Runtime = Literal["statechart", "table"]
 
 
-@attrs.frozen
-class Hop:
+class Hop(NamedTuple):
     """One transition of a route, with its guard's value and the line start it sets."""
 
     ref: TransitionRef
@@ -123,8 +123,39 @@ class Engine:
             ),
             default=0.0,
         )
+        self._lookahead = timedelta(hours=self.lookahead_hours)
         interval = g.parameters.get("reassessment_interval_hours")
         self.reassessment_interval = interval
+        self.reassessment_delta = None if interval is None else timedelta(hours=interval.value)
+        self._guard_results: dict[tuple[int, Tri], GuardResult] = {}
+        self._charts = threading.local()
+        #: the guideline's actions and `upon: step` rules that apply in each state, in order.
+        self.actions_in: dict[str, tuple[ActionDef, ...]] = {
+            sid: tuple(a for a in g.actions.values() if sid in a.states) for sid in g.states
+        }
+        self.step_rules_in: dict[str, tuple[tuple[str, Rule], ...]] = {
+            sid: tuple(
+                (rid, r) for rid, r in self.rules_on["step"] if not r.states or sid in r.states
+            )
+            for sid in g.states
+        }
+
+    def guard_result(self, ref: TransitionRef, value: Tri) -> GuardResult:
+        """How a transition's guard read (immutable: one object per transition and value)."""
+        key = (id(ref), value)  # the engine holds every ref: ids are stable
+        found = self._guard_results.get(key)
+        if found is None:
+            d = ref.definition
+            found = GuardResult(ref.source, d.to, d.event, d.label, value.value, d.when, d.unless)
+            self._guard_results[key] = found
+        return found
+
+    def chart(self) -> Any:
+        """This thread's python-statemachine chart of the guideline (`Episode.machine`)."""
+        machine = getattr(self._charts, "machine", None)
+        if machine is None or machine.is_terminated:  # a chart stops in a final state
+            machine = self._charts.machine = self.compiled.chart()
+        return machine
 
     @property
     def identity(self) -> dict[str, str]:
@@ -154,11 +185,13 @@ class Engine:
         """What a retrospective run knows follows `events[i]`: the rest of its order set (the
         events at the same time), and for a treatment the treatments within the lookahead."""
         event = events[i]
+        at = event.at
         treatment = isinstance(event, TreatmentEvent) and self.lookahead_hours > 0
-        horizon = event.at + timedelta(hours=self.lookahead_hours)
+        horizon = at + self._lookahead
         found: list[Event] = []
-        for other in events[i + 1 :]:
-            if other.at == event.at:
+        for j in range(i + 1, len(events)):
+            other = events[j]
+            if other.at == at:
                 found.append(other)
             elif not treatment or other.at > horizon:
                 break
@@ -276,7 +309,6 @@ class Episode:
         self.episode_id = episode_id
         self.patient = patient
         self.facts = Facts(patient, engine.known_risk_factors)
-        self.machine = engine.compiled.chart() if engine.runtime == "statechart" else None
         self._state = self.g.initial_state
         self.decisions: list[Decision] = []
         #: what was recorded, in order: an event with what followed it, rendered as JSON on
@@ -292,6 +324,8 @@ class Episode:
         #: `upon: step` rules already raised since the state was entered.
         self._step_raised: set[str] = set()
         self._pending: list[_Pending] = []
+        #: actions made so far (immutable), by code and due time: the same action is one object.
+        self._action_memo: dict[tuple[str, datetime | None], Action] = {}
         self._start()
 
     # --- public ------------------------------------------------------------------------------
@@ -301,8 +335,20 @@ class Episode:
         return self._state
 
     @property
+    def machine(self) -> Any:
+        """The statechart runtime's python-statemachine chart, in this episode's state (None
+        for the table runtime). Charts are the engine's, one per thread, placed in the
+        episode's state before each use (a flat chart holds nothing else); a chart that reached
+        a final state has stopped and is replaced. An open episode costs no chart of its own."""
+        if self.engine.runtime != "statechart":
+            return None
+        machine = self.engine.chart()
+        machine.current_state_value = self._state
+        return machine
+
+    @property
     def closed(self) -> bool:
-        return self.g.states[self.state].final
+        return self.g.states[self._state].final
 
     @property
     def alerts(self) -> list[Alert]:
@@ -334,7 +380,7 @@ class Episode:
         if early is not None:
             return early
         at = event.at
-        state = self.state
+        state = self._state
         f = self.facts
         # Closing ends the duties: no "overdue" at the close itself.
         alerts = [] if isinstance(event, CloseEvent) else self._overdue(at)
@@ -365,7 +411,7 @@ class Episode:
                 self._take(hop, therapy)
                 if hop.note:
                     notes.append(hop.note)
-        target = self.state
+        target = self._state
         fired = route[-1] if route else None
         post = Evaluation(self.engine.plan, f) if route else evaluation
         if isinstance(event, TreatmentEvent) and therapy is not None:
@@ -462,7 +508,7 @@ class Episode:
             "guideline": self.engine.identity,
             "patient": patient_to_json(self.patient),
             "inputs": list(self.inputs),
-            "state": self.state,
+            "state": self._state,
         }
 
     # --- steps -------------------------------------------------------------------------------
@@ -475,7 +521,7 @@ class Episode:
             for _, rule in self.engine.rules_on["start"]
             if evaluation.guard(rule.when, rule.unless) is Tri.TRUE
         ]
-        state = self.state
+        state = self._state
         actions = self._actions(evaluation)
         self._record(
             Decision(
@@ -503,7 +549,7 @@ class Episode:
     ) -> Decision:
         """A decision that moves nothing: a baseline value, a fact decided with the rest of its
         order set, or time passing."""
-        state = self.state
+        state = self._state
         previous = self.decisions[-1].actions if self.decisions else ()
         return self._record(
             Decision(
@@ -658,7 +704,7 @@ class Episode:
                 continue
             if rule.formulary is not None and (cls is not None) != rule.formulary:
                 continue
-            if rule.states and self.state not in rule.states:
+            if rule.states and self._state not in rule.states:
                 continue
             if rule.when and evaluation.guard(rule.when, ()) is not Tri.TRUE:
                 continue
@@ -683,9 +729,7 @@ class Episode:
             d = ref.definition
             value = Tri.TRUE if not (d.when or d.unless) else evaluation.guard(d.when, d.unless)
             if results is not None and (d.when or d.unless):
-                results.append(
-                    GuardResult(ref.source, d.to, d.event, d.label, value.value, d.when, d.unless)
-                )
+                results.append(self.engine.guard_result(ref, value))
             if value is Tri.TRUE:
                 return Hop(ref, value, line_start)
             if value is Tri.UNKNOWN and follow_unknown and unknown is None:
@@ -704,7 +748,7 @@ class Episode:
         results: list[GuardResult],
     ) -> list[Hop]:
         at = self.facts.now
-        state = self.state
+        state = self._state
         direct = self._choose(state, machine_event, evaluation, results, at)
         if direct is not None or machine_event in (REASSESS, CLOSE):
             return [direct] if direct is not None else []
@@ -716,7 +760,7 @@ class Episode:
                 first.ref.target, machine_event, self._evaluation_from(at), None, at
             )
             if then is not None:
-                return [attrs.evolve(first, note=f"passes through {first.ref.target}"), then]
+                return [first._replace(note=f"passes through {first.ref.target}"), then]
         # A running therapy given for another indication, counted as the earlier line.
         assert therapy is not None
         line = self.engine.class_line.get(therapy.drug_class or "")
@@ -749,7 +793,7 @@ class Episode:
                     f"{other.drug} (given for {other.indication} since "
                     f"{format_time(other.started_at)}) counted as {first_hop.ref.target}"
                 )
-                return [attrs.evolve(first_hop, note=note), then]
+                return [first_hop._replace(note=note), then]
         return []
 
     def _candidates(
@@ -771,18 +815,17 @@ class Episode:
             if not self.engine.outgoing.get((d.to, through)):
                 continue  # that state does not take the treatment either
             value = Tri.TRUE if not (d.when or d.unless) else evaluation.guard(d.when, d.unless)
-            results.append(
-                GuardResult(ref.source, d.to, d.event, d.label, value.value, d.when, d.unless)
-            )
+            results.append(self.engine.guard_result(ref, value))
             if value is not Tri.FALSE:
                 found.append(Hop(ref, value, at))
         return sorted(found, key=lambda h: h.value is not Tri.TRUE)
 
     def _take(self, hop: Hop, therapy: Therapy | None) -> None:
         ref = hop.ref
-        if self.machine is not None:
-            self.machine.send(ref.event, ctx=_Follow(ref))
-            reached = str(next(iter(self.machine.configuration)).id)
+        machine = self.machine
+        if machine is not None:
+            machine.send(ref.event, ctx=_Follow(ref))
+            reached = str(next(iter(machine.configuration)).id)
             assert reached == ref.target, (reached, ref.target)
         self._state = ref.target
         self._enter(ref.target, hop.line_start)
@@ -807,7 +850,7 @@ class Episode:
 
     def _alert(self, rule: Rule, at: datetime, evaluation: Evaluation, **values: str) -> Alert:
         f = self.facts
-        values.setdefault("state", self.g.states[self.state].name)
+        values.setdefault("state", self.g.states[self._state].name)
         values.setdefault("infection", f.infection[1] if f.infection else "not assessed")
         values.setdefault(
             "risk_factors",
@@ -900,7 +943,7 @@ class Episode:
             elif failed:
                 reason = "; ".join(f"{r.label}: guard {r.result}" for r in failed)
             else:
-                reason = f"not sanctioned from {self.state}"
+                reason = f"not sanctioned from {self._state}"
             message = (
                 f"{drug} ({self.g.drug_classes[cls].name}) not sanctioned now ({reason}): "
                 "recorded as a deviation, the state does not change."
@@ -962,7 +1005,8 @@ class Episode:
         interval = self.engine.reassessment_interval
         if last is None or interval is None:
             return []
-        deadline = last + timedelta(hours=interval.value)
+        assert self.engine.reassessment_delta is not None
+        deadline = last + self.engine.reassessment_delta
         if at <= deadline or self._overdue_flagged == deadline:
             return []
         self._overdue_flagged = deadline
@@ -979,8 +1023,8 @@ class Episode:
     def _step_rules(self, at: datetime, evaluation: Evaluation) -> list[Alert]:
         """`upon: step` rules of the current state, each once per entry into the state."""
         out: list[Alert] = []
-        for rid, rule in self.engine.rules_on["step"]:
-            if rid in self._step_raised or (rule.states and self.state not in rule.states):
+        for rid, rule in self.engine.step_rules_in[self._state]:
+            if rid in self._step_raised:
                 continue
             if evaluation.guard(rule.when, rule.unless) is Tri.TRUE:
                 self._step_raised.add(rid)
@@ -1027,9 +1071,7 @@ class Episode:
         waiting: list[str] = []
         cites: list[str] = []
         measure_at: int | None = None
-        for a in self.g.actions.values():
-            if self.state not in a.states:
-                continue
+        for a in self.engine.actions_in[self._state]:
             value = evaluation.guard(a.when, a.unless)
             if value is Tri.FALSE:
                 continue
@@ -1083,6 +1125,17 @@ class Episode:
         return (found[0], False) if found else (None, True)
 
     def _action(self, code: str, a: ActionDef, evaluation: Evaluation) -> Action:
+        due = None
+        delta = self.engine.reassessment_delta
+        if a.due == "reassessment" and self._last_reassessment is not None and delta:
+            due = self._last_reassessment + delta
+        key = (code, due)
+        found = self._action_memo.get(key)
+        if found is None:
+            found = self._action_memo[key] = self._new_action(code, a, due)
+        return found
+
+    def _new_action(self, code: str, a: ActionDef, due: datetime | None) -> Action:
         rec, fits = self._population_recommendation(a)
         text = " ".join(a.text.split())
         if not fits and rec is not None:
@@ -1090,10 +1143,6 @@ class Episode:
                 f" No {rec.drug} dose from the sources fits this patient's age: dose per "
                 "institutional protocol."
             )
-        due = None
-        interval = self.engine.reassessment_interval
-        if a.due == "reassessment" and self._last_reassessment is not None and interval:
-            due = self._last_reassessment + timedelta(hours=interval.value)
         cite = tuple(dict.fromkeys((*a.cite, *(rec.cite if rec else ()))))
         dosed = rec if fits else None
         return Action(
