@@ -13,6 +13,7 @@ import enum
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, NamedTuple, overload
 
 import attrs
@@ -275,8 +276,10 @@ class CriteriaPlan:
         #: how long a therapy runs after its last dose (engine and `therapy` criteria).
         self.continuity = c.value if c is not None else 0.0  # no parameter: every dose alone
         self.nodes = {name: self._compile(name, c) for name, c in g.criteria.items()}
-        #: each criterion's reader with its node (the hot path of `Evaluation.value`).
-        self.readers = {name: (_READ[n.kind], n) for name, n in self.nodes.items()}
+        #: each criterion's reader, bound to its node (the hot path of `Evaluation.value`).
+        self.readers: dict[str, Callable[[Evaluation], tuple[Tri, Any]]] = {
+            name: partial(_READ[n.kind], n) for name, n in self.nodes.items()
+        }
 
     def _compile(self, name: str, c: m.Criterion) -> _Node:
         kind = c.kind
@@ -373,8 +376,7 @@ class Evaluation:
     def value(self, name: str) -> Tri:
         v = self.values.get(name)
         if v is None:
-            read, node = self._read[name]
-            v, self._payload[name] = read(self, node)
+            v, self._payload[name] = self._read[name](self)
             self.values[name] = v
         return v
 
@@ -487,14 +489,14 @@ def _missing(name: str, what: str, detail: str, reads: tuple[Reading, ...] = ())
     return Verdict(name, Tri.UNKNOWN, detail, reads, (what,))
 
 
-# Each kind of criterion has a reader, `(evaluation, node) -> (value, kept)`, which decides
+# Each kind of criterion has a reader, `(node, evaluation) -> (value, kept)`, which decides
 # and keeps what it read (immutable values, never the facts), and an explainer,
 # `(evaluation, node, value, kept) -> Verdict`, which spells it out when asked for.
 
 _T, _F, _U = Tri.TRUE, Tri.FALSE, Tri.UNKNOWN
 
 
-def _read_threshold(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_threshold(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     op, limit, validity, _ = n.args
     latest = ev.facts.latest(n.spec.observation, validity)
     if latest is None:
@@ -516,7 +518,7 @@ def _threshold(ev: Evaluation, n: _Node, value: Tri, latest: Any) -> Verdict:
     )
 
 
-def _read_ratio(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_ratio(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     r: m.Ratio = n.spec
     op, factor, ref, _, validity, _ = n.args
     latest = ev.facts.latest(r.observation, validity)
@@ -565,7 +567,7 @@ def _ratio(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
     )
 
 
-def _read_trend(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_trend(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     t: m.Trend = n.spec
     hours, _, flat = n.args
     # The direction now: the latest fresh value against the one before it, however old (an
@@ -603,7 +605,7 @@ def _trend(ev: Evaluation, n: _Node, value: Tri, points: Any) -> Verdict:
     )
 
 
-def _read_finding(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_finding(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     f: m.FindingTest = n.spec
     absent_unless_recorded, valid = n.args
     rec = ev.facts.findings.get(f.code)
@@ -649,7 +651,7 @@ def _finding(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
     )
 
 
-def _read_grade(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_grade(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     gt: m.GradeTest = n.spec
     op, validity = n.args
     grades = ev.facts.grades[gt.of]
@@ -688,7 +690,7 @@ def _grade(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
     return Verdict(n.name, value, f"{label} {latest} {gt.op} {gt.value}", (read,))
 
 
-def _read_infection(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_infection(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     rec = ev.facts.infection
     if rec is None:
         return _U, None
@@ -703,7 +705,7 @@ def _infection(ev: Evaluation, n: _Node, value: Tri, rec: Any) -> Verdict:
     )
 
 
-def _read_assessed(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_assessed(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     rec = ev.facts.antimicrobials
     started = rec is not None and rec[1]
     return (_T if started == n.spec.antimicrobials else _F), rec
@@ -716,7 +718,7 @@ def _assessed(ev: Evaluation, n: _Node, value: Tri, rec: Any) -> Verdict:
     return Verdict(n.name, value, detail, reads)
 
 
-def _read_response(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_response(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     r: m.ResponseTest = n.spec
     responses = ev.facts.responses
     # A response charted at the time the line started belongs to the order set that started
@@ -740,7 +742,7 @@ def _response(ev: Evaluation, n: _Node, value: Tri, last: Any) -> Verdict:
     return Verdict(n.name, value, f"latest response {kind}", (Reading("response", kind, None, at),))
 
 
-def _read_therapy(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_therapy(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     t: m.TherapyTest = n.spec
     found = ev.facts.doses_within(
         n.args[0], classes=t.classes, drugs=t.drugs, indications=t.indication, formulary=t.formulary
@@ -762,7 +764,7 @@ def _therapy(ev: Evaluation, n: _Node, value: Tri, d: Any) -> Verdict:
     )
 
 
-def _read_risk(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+def _read_risk(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     among = n.spec.among
     factors = [f for f in ev.facts.risk_factors if not among or f in among]
     return (_T if len(factors) >= n.args[0] else _F), factors
@@ -780,8 +782,8 @@ def _risk(ev: Evaluation, n: _Node, value: Tri, factors: Any) -> Verdict:
 
 def _duration(
     since: str, what: str, reading: str
-) -> tuple[Callable[[Evaluation, _Node], tuple[Tri, Any]], Explainer]:
-    def read(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
+) -> tuple[Callable[[_Node, Evaluation], tuple[Tri, Any]], Explainer]:
+    def read(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
         op, limit = n.args
         start: datetime = ev.line_start if since == "line_started_at" else ev.facts.infusion_at
         hours = ev.facts.hours_since(start)
@@ -801,37 +803,45 @@ def _duration(
     return read, explain
 
 
-def _read_combine(ev: Evaluation, n: _Node) -> tuple[Tri, Any]:
-    """Kleene logic over the children; `all_of` stops at a FALSE child, `any_of` at a TRUE one
-    (when the result is UNKNOWN nothing decided it, so every child was evaluated and names
-    what is missing). Keeps how many children were evaluated."""
-    kind = n.kind
-    value_of = ev.value
-    known = ev.values
-    if kind == "all_of":
-        result, k = _T, 0
-        for child in n.children:
-            v = known.get(child) or value_of(child)
-            k += 1
-            if v is _F:
-                return _F, k
-            if v is _U:
-                result = _U
-        return result, k
-    if kind == "any_of":
-        result, k = _F, 0
-        for child in n.children:
-            v = known.get(child) or value_of(child)
-            k += 1
-            if v is _T:
-                return _T, k
-            if v is _U:
-                result = _U
-        return result, k
-    values = [value_of(c) for c in n.children]
-    if kind == "not_":
-        return values[0].negate(), len(values)
-    need = n.spec.at_least
+# Kleene logic over the children: `all_of` stops at a FALSE child, `any_of` at a TRUE one
+# (when the result is UNKNOWN nothing decided it, so every child was evaluated and names what
+# is missing). Each keeps how many children it evaluated.
+
+
+def _read_all(node: _Node, ev: Evaluation) -> tuple[Tri, Any]:
+    known, value_of = ev.values, ev.value
+    result, k = _T, 0
+    for child in node.children:
+        v = known.get(child) or value_of(child)
+        k += 1
+        if v is _F:
+            return _F, k
+        if v is _U:
+            result = _U
+    return result, k
+
+
+def _read_any(node: _Node, ev: Evaluation) -> tuple[Tri, Any]:
+    known, value_of = ev.values, ev.value
+    result, k = _F, 0
+    for child in node.children:
+        v = known.get(child) or value_of(child)
+        k += 1
+        if v is _T:
+            return _T, k
+        if v is _U:
+            result = _U
+    return result, k
+
+
+def _read_not(node: _Node, ev: Evaluation) -> tuple[Tri, Any]:
+    values = [ev.value(c) for c in node.children]
+    return values[0].negate(), len(values)
+
+
+def _read_count(node: _Node, ev: Evaluation) -> tuple[Tri, Any]:
+    values = [ev.value(c) for c in node.children]
+    need = node.spec.at_least
     t, u = values.count(_T), values.count(_U)
     return (_T if t >= need else _F if t + u < need else _U), len(values)
 
@@ -858,7 +868,7 @@ def _combine(ev: Evaluation, n: _Node, value: Tri, k: Any) -> Verdict:
     return Verdict(n.name, value, op, (), missing, n.children, values)
 
 
-Reader = Callable[[Evaluation, _Node], tuple[Tri, Any]]
+Reader = Callable[[_Node, Evaluation], tuple[Tri, Any]]
 Explainer = Callable[[Evaluation, _Node, Tri, Any], Verdict]
 
 _ON_LINE = _duration("line_started_at", "on the current line", "hours_on_line")
@@ -876,10 +886,10 @@ _KINDS: dict[str, tuple[Reader, Explainer]] = {
     "risk": (_read_risk, _risk),
     "time_on_line": _ON_LINE,
     "time_since_infusion": _SINCE_INFUSION,
-    "all_of": (_read_combine, _combine),
-    "any_of": (_read_combine, _combine),
-    "not_": (_read_combine, _combine),
-    "count_of": (_read_combine, _combine),
+    "all_of": (_read_all, _combine),
+    "any_of": (_read_any, _combine),
+    "not_": (_read_not, _combine),
+    "count_of": (_read_count, _combine),
 }
 _READ: dict[str, Reader] = {kind: pair[0] for kind, pair in _KINDS.items()}
 _EXPLAIN: dict[str, Explainer] = {kind: pair[1] for kind, pair in _KINDS.items()}

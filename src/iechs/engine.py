@@ -469,13 +469,17 @@ class Episode:
                 f.add_observation(event.code, at, event.value)
             return self._unchanged(at, event)
         f.now = at
-        f.later = tuple(self._dose(e, e.indication) for e in later if isinstance(e, TreatmentEvent))
-        if isinstance(event, TreatmentEvent | CloseEvent) or not any(
-            e.at == at and not isinstance(e, TreatmentEvent | CloseEvent) for e in later
-        ):
-            return None
-        self._ingest(event)
-        return self._unchanged(at, event, later=later)
+        if not isinstance(event, TreatmentEvent | CloseEvent):
+            for e in later:
+                if e.at == at and not isinstance(e, TreatmentEvent | CloseEvent):
+                    self._ingest(event)  # more facts of its order set follow
+                    return self._unchanged(at, event, later=later)
+        f.later = (
+            tuple(self._dose(e, e.indication) for e in later if isinstance(e, TreatmentEvent))
+            if later
+            else ()
+        )
+        return None
 
     def advance(self, to: datetime) -> Decision:
         """What is due at time `to` (no new clinical data): time-based alerts and actions."""
