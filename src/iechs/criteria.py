@@ -277,9 +277,16 @@ class CriteriaPlan:
         self.continuity = c.value if c is not None else 0.0  # no parameter: every dose alone
         self.nodes = {name: self._compile(name, c) for name, c in g.criteria.items()}
         #: each criterion's reader, bound to its node (the hot path of `Evaluation.value`).
-        self.readers: dict[str, Callable[[Evaluation], tuple[Tri, Any]]] = {
-            name: partial(_READ[n.kind], n) for name, n in self.nodes.items()
-        }
+        self.readers: dict[str, Callable[[Evaluation], tuple[Tri, Any]]] = {}
+        children: dict[str, list[tuple[str, Callable[[Evaluation], tuple[Tri, Any]]]]] = {}
+        for name, n in self.nodes.items():
+            if n.kind in _SHORT_CIRCUIT:  # reads its children's readers directly
+                children[name] = []
+                self.readers[name] = partial(_SHORT_CIRCUIT[n.kind], children[name])
+            else:
+                self.readers[name] = partial(_READ[n.kind], n)
+        for name, kids in children.items():
+            kids.extend((c, self.readers[c]) for c in self.nodes[name].children)
 
     def _compile(self, name: str, c: m.Criterion) -> _Node:
         kind = c.kind
@@ -808,11 +815,17 @@ def _duration(
 # is missing). Each keeps how many children it evaluated.
 
 
-def _read_all(node: _Node, ev: Evaluation) -> tuple[Tri, Any]:
-    known, value_of = ev.values, ev.value
+Kids = list[tuple[str, Callable[[Evaluation], tuple[Tri, Any]]]]
+
+
+def _read_all(kids: Kids, ev: Evaluation) -> tuple[Tri, Any]:
+    values, payloads = ev.values, ev._payload
     result, k = _T, 0
-    for child in node.children:
-        v = known.get(child) or value_of(child)
+    for child, read in kids:
+        v = values.get(child)
+        if v is None:
+            v, payloads[child] = read(ev)
+            values[child] = v
         k += 1
         if v is _F:
             return _F, k
@@ -821,11 +834,14 @@ def _read_all(node: _Node, ev: Evaluation) -> tuple[Tri, Any]:
     return result, k
 
 
-def _read_any(node: _Node, ev: Evaluation) -> tuple[Tri, Any]:
-    known, value_of = ev.values, ev.value
+def _read_any(kids: Kids, ev: Evaluation) -> tuple[Tri, Any]:
+    values, payloads = ev.values, ev._payload
     result, k = _F, 0
-    for child in node.children:
-        v = known.get(child) or value_of(child)
+    for child, read in kids:
+        v = values.get(child)
+        if v is None:
+            v, payloads[child] = read(ev)
+            values[child] = v
         k += 1
         if v is _T:
             return _T, k
@@ -886,10 +902,14 @@ _KINDS: dict[str, tuple[Reader, Explainer]] = {
     "risk": (_read_risk, _risk),
     "time_on_line": _ON_LINE,
     "time_since_infusion": _SINCE_INFUSION,
-    "all_of": (_read_all, _combine),
-    "any_of": (_read_any, _combine),
+    "all_of": (_read_all, _combine),  # type: ignore[dict-item]
+    "any_of": (_read_any, _combine),  # type: ignore[dict-item]
     "not_": (_read_not, _combine),
     "count_of": (_read_count, _combine),
 }
 _READ: dict[str, Reader] = {kind: pair[0] for kind, pair in _KINDS.items()}
+_SHORT_CIRCUIT: dict[str, Callable[[Kids, Evaluation], tuple[Tri, Any]]] = {
+    "all_of": _read_all,
+    "any_of": _read_any,
+}
 _EXPLAIN: dict[str, Explainer] = {kind: pair[1] for kind, pair in _KINDS.items()}
