@@ -47,9 +47,12 @@ test: install browser
 	  $(BIN)/iechs validate "$$profile" && $(BIN)/iechs verify "$$profile" || exit 1; done
 	$(BIN)/pytest
 
+# `make bench BENCH_ARGS=--quick` for a short run; the table goes between the README's bench
+# markers (nothing is written when they are absent).
+BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py --readme README.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
