@@ -351,6 +351,7 @@ class Evaluation:
     explanation whenever it is built, because it reads only what was kept at the step."""
 
     __slots__ = (
+        "_missing",
         "_payload",
         "_read",
         "_verdicts",
@@ -379,6 +380,7 @@ class Evaluation:
         self._payload: dict[str, Any] = {}
         self._verdicts: dict[str, Verdict] = {}
         self._read = self.plan.readers
+        self._missing: dict[str, tuple[str, ...]] = {}
 
     def value(self, name: str) -> Tri:
         v = self.values.get(name)
@@ -392,16 +394,22 @@ class Evaluation:
         building the explanation)."""
         if self.values[name] is not _U:
             return ()
+        found = self._missing.get(name)
+        if found is not None:
+            return found
         node = self.plan.nodes[name]
         if node.children:
-            found: list[str] = []
+            items: list[str] = []
             values = self.values
             for child in node.children[: self._payload[name]]:
                 if values[child] is _U:
-                    found.extend(x for x in self.missing(child) if x not in found)
-            return tuple(found)
-        v = self._verdicts.get(name)
-        return (v if v is not None else self.verdict(name)).missing
+                    items.extend(x for x in self.missing(child) if x not in items)
+            found = tuple(items)
+        else:
+            v = self._verdicts.get(name)
+            found = (v if v is not None else self.verdict(name)).missing
+        self._missing[name] = found
+        return found
 
     def __call__(self, name: str) -> Verdict:
         self.value(name)

@@ -296,6 +296,11 @@ class _Pending:
     therapy: str
 
 
+#: events decided on their own, never with the rest of their order set (a class tuple: a
+#: `X | Y` union would be built again at every call).
+_DECIDED_AT_ONCE = (TreatmentEvent, CloseEvent)
+_UNKNOWN = Tri.UNKNOWN.value
+
 _PLACEHOLDER = re.compile(r"\{(\$?[a-z_]+)\}")
 
 
@@ -448,7 +453,7 @@ class Episode:
                 recommendations=self._recs(target),
                 alerts=tuple(alerts),
                 deviations=tuple(deviations),
-                via=tuple(h.ref.target for h in route[:-1]),
+                via=tuple(h.ref.target for h in route[:-1]) if len(route) > 1 else (),
                 actions=actions,
                 notes=tuple(notes),
                 later=later,
@@ -469,9 +474,9 @@ class Episode:
                 f.add_observation(event.code, at, event.value)
             return self._unchanged(at, event)
         f.now = at
-        if not isinstance(event, TreatmentEvent | CloseEvent):
+        if not isinstance(event, _DECIDED_AT_ONCE):
             for e in later:
-                if e.at == at and not isinstance(e, TreatmentEvent | CloseEvent):
+                if e.at == at and not isinstance(e, _DECIDED_AT_ONCE):
                     self._ingest(event)  # more facts of its order set follow
                     return self._unchanged(at, event, later=later)
         f.later = (
@@ -1044,7 +1049,7 @@ class Episode:
                     tuple(n for n in names if evaluation.value(n) is Tri.UNKNOWN)
                 ):
                     del self._missing_raised[item]
-        unknown = [r for r in results if r.result == Tri.UNKNOWN.value]
+        unknown = [r for r in results if r.result == _UNKNOWN]
         if not unknown:
             return []
         names = tuple(
