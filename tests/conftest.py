@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +17,12 @@ from iechs import Engine, Guideline, load_guideline
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
+
+# The guideline cache (iechs.cache) of the whole run, and of the CLI subprocesses it starts, is a
+# temporary folder: never the user's ~/.cache. Set before any test module loads a guideline.
+_CACHE_DIR = tempfile.mkdtemp(prefix="iechs-test-cache-")
+os.environ["IECHS_CACHE_DIR"] = _CACHE_DIR
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 settings.register_profile("fast", max_examples=60, deadline=None)
 settings.register_profile(

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +22,9 @@ __all__ = ["examples_dir", "main"]
 EXIT_OK, EXIT_PROBLEM, EXIT_BAD_INPUT = 0, 1, 2
 
 #: Commands defined in their own modules: name -> module. Each such module defines `HELP` (one
-#: line), `configure(parser)` and `run(args) -> int`, and imports anything heavy inside `run`,
-#: so that building the parser (and `iechs --help`) stays fast.
+#: line), `configure(parser)` and `run(args) -> int`, and imports anything heavy inside `run`.
+#: A module is imported only when its command runs (or asks for its own `--help`): `iechs
+#: --help` lists it with `COMMAND_HELP`.
 EXTERNAL_COMMANDS: dict[str, str] = {
     "audit": "iechs.audit.cli",
     "diagram": "iechs.diagram.commands.diagram",
@@ -36,6 +37,21 @@ EXTERNAL_COMMANDS: dict[str, str] = {
     "synth": "iechs.synthetic",
     "serve": "iechs.service.commands",
 }
+#: The one-line help of each command module, as its `HELP` says (a test holds them equal).
+COMMAND_HELP: dict[str, str] = {
+    "audit": "verify, replay, show, export and checkpoint the tamper-evident transition log",
+    "diagram": "draw the state diagram (DOT, SVG, PNG, Mermaid), or one patient's path on it",
+    "review": "write the review page (HTML): diagram, actions, rules, guards, unverified, "
+    "what changed",
+    "export": "export the compiled machine: native statechart YAML/JSON and W3C SCXML",
+    "diff": "what changed between two guideline versions or profiles (text or JSON)",
+    "replay-cohort": "replay the guideline over a cohort of timelines (all cores or a Dask "
+    "cluster, resumable)",
+    "report": "cohort report for quality and safety: one offline HTML page (or JSON aggregates)",
+    "compare": "what a guideline edit changes for a cohort: paths, alerts, actions, deviations",
+    "synth": "write a reproducible synthetic cohort (JSON Lines) for benchmarks and tests",
+    "serve": "serve CDS Hooks (patient-view, order-sign, feedback) over an audit store",
+}
 
 
 def examples_dir() -> Path:
@@ -47,7 +63,9 @@ def examples_dir() -> Path:
     return here.parent / "examples"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(configure: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. `configure`: the external commands whose modules are imported
+    to add their arguments (default: all); the others are listed with their help only."""
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -92,13 +110,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
 
     for name, module_name in EXTERNAL_COMMANDS.items():
-        module = importlib.import_module(module_name)
-        module.configure(sub.add_parser(name, help=module.HELP))
+        p = sub.add_parser(name, help=COMMAND_HELP[name])
+        if configure is None or name in configure:
+            importlib.import_module(module_name).configure(p)
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command a command line names: its first argument that is not an option (the
+    top-level options, --help and --version, take no value)."""
+    for arg in argv:
+        if arg == "--":
+            continue
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_in(argv)
+    args = _parser({command} if command else ()).parse_args(argv)
+    if args.command in EXTERNAL_COMMANDS and args.command != command:  # pragma: no cover
+        args = _parser().parse_args(argv)  # never expected: parse with every command's arguments
     from .errors import IechsError
 
     try:
@@ -171,8 +205,6 @@ def _dump(doc: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .report import print_run
-
     engine = _engine(args.guideline)
     if args.store:  # record in an audit store; an episode already there is continued
         from .audit.recorder import run_recorded
@@ -183,6 +215,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.format == "json":
         _dump(doc)
     else:
+        from .report import print_run  # rich: only for text
+
         print_run(f"{args.timeline} — patient {patient}", decisions)
         for item in doc.get("ignored", []):
             print(f"ignored {item['path']}: {item['message']}")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
-from statemachine import StateChart
+from statemachine import State, StateChart
 from statemachine.exceptions import InvalidDefinition
-from statemachine.io.class_factory import create_machine_class_from_definition
+from statemachine.factory import StateMachineMetaclass
 
 from .errors import GuidelineError, Problem
 from .model import Guideline, TransitionDef
@@ -70,6 +70,40 @@ def _guard(ref: TransitionRef) -> Callable[..., bool]:
     return guard
 
 
+def _chart_class(
+    name: str, states: dict[str, dict[str, Any]], **definition: Any
+) -> type[StateChart[Any]]:
+    """The StateChart class of flat states, made as python-statemachine's
+    `statemachine.io.class_factory.create_machine_class_from_definition` makes it (the same
+    calls in the same order) with the core API alone: importing `statemachine.io` (the SCXML,
+    JSON and YAML readers) would cost every `iechs run` a sixth of its start-up."""
+    instances = {
+        sid: State(**{k: v for k, v in spec.items() if k != "on"}) for sid, spec in states.items()
+    }
+    events: dict[str, Any] = {}
+    for sid, spec in states.items():
+        for event, transitions in spec.get("on", {}).items():
+            for t in transitions:
+                transition = instances[sid].to(
+                    instances[t["target"]],
+                    event=event,
+                    internal=None,
+                    initial=None,
+                    validators=None,
+                    cond=t.get("cond"),
+                    unless=None,
+                    on=None,
+                    before=None,
+                    after=None,
+                )
+                if event in events:
+                    events[event] |= transition
+                else:
+                    events[event] = transition
+    chart = StateMachineMetaclass(name, (StateChart,), {**definition, **instances, **events})
+    return cast("type[StateChart[Any]]", chart)
+
+
 def compile_guideline(g: Guideline) -> CompiledGuideline:
     """Build the StateChart class of a (checked) guideline."""
     refs: list[TransitionRef] = []
@@ -92,7 +126,7 @@ def compile_guideline(g: Guideline) -> CompiledGuideline:
             definition["on"] = on
         states[sid] = definition
     try:
-        chart = create_machine_class_from_definition(
+        chart = _chart_class(
             _class_name(g.guideline.id),
             states=states,
             catch_errors_as_events=False,

@@ -7,7 +7,6 @@ what is wrong, so the CLI can print a clear message and exit 2 without a traceba
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, get_args, get_origin
@@ -60,6 +59,8 @@ def structuring_problems(
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
     """`unknown criterion 'ferittin_high' (did you mean 'ferritin_high'?)`."""
+    import difflib  # noqa: PLC0415 - only for a message; keeps start-up light
+
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {kind} {name!r}{hint}"

@@ -2,26 +2,32 @@
 
 Structuring is done by cattrs (its messages, `expected ... @ $.path`, are kept); semantic checks
 live in `iechs.checks`. Both report every problem found, not just the first.
+
+`load_guideline` keeps what it loaded and checked in a cache (`iechs.cache`): YAML, cattrs and
+the checks are imported only when a guideline is built, not on a cache hit.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 from collections.abc import Mapping
-from importlib import resources
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
-import yaml
-from cattrs.gen import make_dict_structure_fn, override
 
 from . import model as m
-from .checks import check_guideline
 from .errors import GuidelineError, Problem, structuring_problems
+
+if TYPE_CHECKING:
+    import cattrs
+    import yaml
+
+    from .cache import Dependency
 
 __all__ = ["DEFAULT_GUIDELINE", "default_guideline_path", "load_guideline", "parse_guideline"]
 
@@ -58,10 +64,18 @@ def default_guideline_path() -> Path:
     checkout = Path(__file__).resolve().parents[2] / "guideline" / DEFAULT_GUIDELINE
     if checkout.is_file() and (checkout.parents[1] / "pyproject.toml").is_file():
         return checkout
+    from importlib import resources  # noqa: PLC0415 - an installed wheel only
+
     return Path(str(resources.files("iechs") / "guideline" / DEFAULT_GUIDELINE))
 
 
-def _make_converter() -> cattrs.Converter:
+@functools.cache
+def _converter() -> cattrs.Converter:
+    """The guideline's converter, made on first use (cattrs generates code: a cache hit never
+    needs it)."""
+    import cattrs  # noqa: PLC0415 - see above
+    from cattrs.gen import make_dict_structure_fn, override  # noqa: PLC0415
+
     conv = cattrs.Converter(forbid_extra_keys=True)
 
     def strict_str(value: Any, _: Any) -> str:
@@ -104,9 +118,6 @@ def _make_converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTER = _make_converter()
-
-
 def _rename_path(path: str) -> str:
     for attr, key in _PATH_RENAMES.items():
         path = re.sub(re.escape(attr) + r"(?=[.\[]|$)", key, path)
@@ -128,6 +139,8 @@ class LineMap:
         return lm
 
     def _walk(self, node: yaml.Node, path: str) -> None:
+        import yaml  # noqa: PLC0415 - YAML is read only when a guideline is built
+
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             self.mappings.add(path)
@@ -193,9 +206,13 @@ class SourceMap:
         return Problem(p.message, p.path, lines.line(p.path), file)
 
 
-#: libyaml's loader where PyYAML was built with it (10x faster), else the pure-Python one; both
-#: give the same nodes, marks and errors.
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+def _safe_loader() -> type[yaml.SafeLoader]:
+    """libyaml's loader where PyYAML was built with it (10x faster), else the pure-Python one;
+    both give the same nodes, marks and errors."""
+    import yaml  # noqa: PLC0415 - YAML is read only when a guideline is built
+
+    loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return loader
 
 
 #: Bounds on a guideline document, far above any real one (the bundled guideline has about
@@ -208,6 +225,8 @@ MAX_YAML_DEPTH = 64
 def _check_bounds(root: yaml.Node, file: str) -> None:
     """Count the nodes as the aliases expand them, and the depth; stop at the first bound.
     A recursive anchor never ends, so it meets the depth bound."""
+    import yaml  # noqa: PLC0415 - YAML is read only when a guideline is built
+
     count = 0
     stack: list[tuple[yaml.Node, int]] = [(root, 1)]
     while stack:
@@ -232,8 +251,10 @@ def _check_bounds(root: yaml.Node, file: str) -> None:
 
 
 def _read_yaml(text: str, file: str) -> tuple[Any, LineMap]:
+    import yaml  # noqa: PLC0415 - YAML is read only when a guideline is built
+
     try:
-        loader = _SafeLoader(text)
+        loader = _safe_loader()(text)
         try:
             node = loader.get_single_node()
             if node is None:
@@ -392,27 +413,45 @@ def parse_guideline(
     data, layers, sha = _read_layers(text, file, base_dir or Path.cwd())
     source = SourceMap(tuple(layers))
     try:
-        guideline = _CONVERTER.structure(data, m.Guideline)
+        guideline = _converter().structure(data, m.Guideline)
     except Exception as exc:  # cattrs raises ExceptionGroups; transform_error reads them all
         problems = [source.problem(p) for p in structuring_problems(exc, "$", _rename_path)]
         raise GuidelineError(problems, file) from None
     guideline = attrs.evolve(guideline, sha256=sha, file=file)
     if check:
+        from .checks import check_guideline  # noqa: PLC0415 - imports the contract's YAML
+
         problems = check_guideline(guideline, structural=structural)
         if problems:
             raise GuidelineError([source.problem(p) for p in problems], file)
     return guideline
 
 
-def _read_text(path: Path, shown: str) -> str:
+#: The files a build reads beside the guideline (a profile's bases), while `load_guideline`
+#: records them for its cache entry.
+_READS: ContextVar[list[Dependency] | None] = ContextVar("iechs_loader_reads", default=None)
+
+
+def _read_bytes(path: Path, shown: str) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise GuidelineError([Problem(f"cannot read the file: {exc.strerror}")], shown) from None
+
+
+def _decode(raw: bytes, shown: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise GuidelineError([Problem(f"not UTF-8 text ({exc.reason})")], shown) from None
+
+
+def _read_text(path: Path, shown: str) -> str:
+    raw = _read_bytes(path, shown)
+    reads = _READS.get()
+    if reads is not None:
+        reads.append((str(path), hashlib.sha256(raw).hexdigest()))
+    return _decode(raw, shown)
 
 
 def load_guideline(
@@ -423,10 +462,32 @@ def load_guideline(
     shown: str | None = None,
 ) -> m.Guideline:
     """Load a guideline or profile file (default: the bundled IEC-HS guideline). `shown` is
-    the name messages give the file (e.g. `HEAD~1:guideline/iec-hs.yaml` for a revision)."""
+    the name messages give the file (e.g. `HEAD~1:guideline/iec-hs.yaml` for a revision).
+
+    A checked guideline comes from the cache (`iechs.cache`) when its file, the files it was
+    built from and the code that builds it are unchanged; it equals a fresh load. A file with
+    errors is never cached: its errors are found and reported afresh every time."""
     p = Path(path) if path is not None else default_guideline_path()
     if shown is None:
         shown = str(path) if path is not None else f"guideline/{DEFAULT_GUIDELINE}"
-    return parse_guideline(
-        _read_text(p, shown), shown, check=check, structural=structural, base_dir=p.parent
-    )
+    if not check:  # an unchecked load (a baseline to compare with) is not cached
+        return parse_guideline(
+            _read_text(p, shown), shown, check=False, structural=structural, base_dir=p.parent
+        )
+    from . import cache  # noqa: PLC0415 - light; keeps `iechs --help` from it
+
+    raw = _read_bytes(p, shown)
+    key = cache.entry_key(p, shown, raw, structural=structural)
+    if key is not None and (hit := cache.read(key)) is not None:
+        return hit
+    reads: list[Dependency] = []
+    token = _READS.set(reads)
+    try:
+        guideline = parse_guideline(
+            _decode(raw, shown), shown, check=True, structural=structural, base_dir=p.parent
+        )
+    finally:
+        _READS.reset(token)
+    if key is not None:
+        cache.write(key, guideline, reads)
+    return guideline
