@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import attrs
-from statemachine import State, StateChart
-from statemachine.exceptions import InvalidDefinition
-from statemachine.factory import StateMachineMetaclass
 
 from .errors import GuidelineError, Problem
 from .model import Guideline, TransitionDef
 
-__all__ = ["CompiledGuideline", "GuardContext", "TransitionRef", "compile_guideline"]
+if TYPE_CHECKING:  # python-statemachine is imported when a chart is built, not before
+    from statemachine import StateChart
+
+__all__ = [
+    "CompiledGuideline",
+    "GuardContext",
+    "TransitionRef",
+    "compile_guideline",
+    "transition_refs",
+]
 
 
 @attrs.frozen
@@ -77,6 +83,9 @@ def _chart_class(
     `statemachine.io.class_factory.create_machine_class_from_definition` makes it (the same
     calls in the same order) with the core API alone: importing `statemachine.io` (the SCXML,
     JSON and YAML readers) would cost every `iechs run` a sixth of its start-up."""
+    from statemachine import State, StateChart  # noqa: PLC0415 (lazy: the table needs none)
+    from statemachine.factory import StateMachineMetaclass  # noqa: PLC0415 (lazy)
+
     instances = {
         sid: State(**{k: v for k, v in spec.items() if k != "on"}) for sid, spec in states.items()
     }
@@ -104,9 +113,25 @@ def _chart_class(
     return cast("type[StateChart[Any]]", chart)
 
 
-def compile_guideline(g: Guideline) -> CompiledGuideline:
-    """Build the StateChart class of a (checked) guideline."""
-    refs: list[TransitionRef] = []
+def transition_refs(g: Guideline) -> tuple[TransitionRef, ...]:
+    """Every transition of the guideline, in declaration order (what the table runtime needs:
+    no chart, no python-statemachine)."""
+    return tuple(
+        TransitionRef(sid, i, t) for sid, s in g.states.items() for i, t in enumerate(s.transitions)
+    )
+
+
+def compile_guideline(
+    g: Guideline, refs: tuple[TransitionRef, ...] | None = None
+) -> CompiledGuideline:
+    """Build the StateChart class of a (checked) guideline; its guards call back with `refs`
+    (by default `transition_refs(g)`)."""
+    from statemachine.exceptions import InvalidDefinition  # noqa: PLC0415 (lazy)
+
+    refs = transition_refs(g) if refs is None else refs
+    by_state: dict[str, list[TransitionRef]] = {}
+    for ref in refs:
+        by_state.setdefault(ref.source, []).append(ref)
     states: dict[str, Any] = {}
     for sid, s in g.states.items():
         definition: dict[str, Any] = {"name": s.name}
@@ -115,9 +140,8 @@ def compile_guideline(g: Guideline) -> CompiledGuideline:
         if s.final:
             definition["final"] = True
         on: dict[str, list[dict[str, Any]]] = {}
-        for i, t in enumerate(s.transitions):
-            ref = TransitionRef(sid, i, t)
-            refs.append(ref)
+        for ref in by_state.get(sid, ()):
+            t = ref.definition
             spec: dict[str, Any] = {"target": t.to}
             if t.when or t.unless:
                 spec["cond"] = _guard(ref)
@@ -136,4 +160,4 @@ def compile_guideline(g: Guideline) -> CompiledGuideline:
         raise GuidelineError(
             [Problem(f"the statechart is invalid: {exc}", "$.states")], g.file
         ) from None
-    return CompiledGuideline(guideline=g, chart=chart, transitions=tuple(refs))
+    return CompiledGuideline(guideline=g, chart=chart, transitions=refs)

@@ -32,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 
 import attrs
 
-from .compiler import CompiledGuideline, TransitionRef, compile_guideline
+from .compiler import CompiledGuideline, TransitionRef, compile_guideline, transition_refs
 from .criteria import CriteriaPlan, Dose, Evaluation, Facts, Therapy, Tri, Verdict
 from .decision import Action, Alert, Decision, Deviation, GuardResult
 from .errors import EpisodeError, Problem
@@ -87,7 +87,11 @@ class Engine:
     ) -> None:
         self.runtime = runtime
         self.guideline = guideline if guideline is not None else load_guideline()
-        self.compiled: CompiledGuideline = compile_guideline(self.guideline)
+        #: every transition, in declaration order; the statechart's guards call back with these.
+        self.transitions = transition_refs(self.guideline)
+        self._compiled: CompiledGuideline | None = None
+        if runtime == "statechart":  # build (and check) the chart now; the table needs none
+            self._compiled = compile_guideline(self.guideline, self.transitions)
         self.plan = CriteriaPlan(self.guideline)
         g = self.guideline
         self.known_risk_factors = g.risk_factors
@@ -103,7 +107,7 @@ class Engine:
             if cls.event is not None and lines:
                 self.class_line[cid] = min(x for x in lines if x is not None)
         self.outgoing: dict[tuple[str, str], tuple[TransitionRef, ...]] = {}
-        for ref in self.compiled.transitions:
+        for ref in self.transitions:
             key = (ref.source, ref.event)
             self.outgoing[key] = (*self.outgoing.get(key, ()), ref)
         self.rules_on: dict[str, list[tuple[str, Rule]]] = {
@@ -149,6 +153,13 @@ class Engine:
             found = GuardResult(ref.source, d.to, d.event, d.label, value.value, d.when, d.unless)
             self._guard_results[key] = found
         return found
+
+    @property
+    def compiled(self) -> CompiledGuideline:
+        """The guideline's StateChart class (built on first use by the table runtime)."""
+        if self._compiled is None:
+            self._compiled = compile_guideline(self.guideline, self.transitions)
+        return self._compiled
 
     def chart(self) -> Any:
         """This thread's python-statemachine chart of the guideline (`Episode.machine`)."""
