@@ -100,6 +100,13 @@ def _parser(configure: Collection[str] | None = None) -> argparse.ArgumentParser
         help="record the decisions and the episode in an audit store (PATH.db or "
         "postgresql://...); a stored episode is continued",
     )
+    p.add_argument(
+        "--runtime",
+        choices=("statechart", "table"),
+        default="statechart",
+        help="statechart (python-statemachine, the reference; default) or table (the same "
+        "decisions, byte for byte, without loading python-statemachine: a faster start)",
+    )
 
     p = sub.add_parser("verify", help="prove the guideline's safety properties over every path")
     p.add_argument("guideline", nargs="?", help="guideline YAML (default: bundled iec-hs.yaml)")
@@ -150,11 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _engine(guideline: str | None) -> Engine:
+def _engine(guideline: str | None, runtime: str = "statechart") -> Engine:
     from .engine import Engine
     from .loader import load_guideline
 
-    return Engine(load_guideline(guideline))
+    return Engine(load_guideline(guideline), runtime=runtime)  # type: ignore[arg-type]
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -205,7 +212,7 @@ def _dump(doc: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    engine = _engine(args.guideline)
+    engine = _engine(args.guideline, args.runtime)
     if args.store:  # record in an audit store; an episode already there is continued
         from .audit.recorder import run_recorded
 
