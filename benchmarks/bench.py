@@ -709,18 +709,24 @@ def installed(tmp: Path) -> dict[str, str]:
 
 def startup_section(report: Report, args: argparse.Namespace, tmp: Path) -> None:
     progress(f"start-up: `iechs run {EXAMPLE.relative_to(ROOT)}`, {args.startup_runs} runs")
-    cmd = [*iechs_command(), "run", str(EXAMPLE)]
     env = installed(tmp)
-    run_child(cmd, env=env)  # warm-up: the page cache, .pyc files, the guideline cache
-    runs = []
-    for _ in range(args.startup_runs):
-        r = run_child(cmd, env=env)
-        if r.returncode != 0:
-            report.note(f"iechs run failed (exit {r.returncode}): {tail(r.output)}")
-            return
-        runs.append(r.seconds * 1000)
+    for label, extra in (
+        ("statechart runtime, the default", []),
+        ("--runtime table", ["--runtime", "table"]),
+    ):
+        cmd = [*iechs_command(), "run", *extra, str(EXAMPLE)]
+        run_child(cmd, env=env)  # warm-up: the page cache, .pyc files, the guideline cache
+        runs = []
+        for _ in range(args.startup_runs):
+            r = run_child(cmd, env=env)
+            if r.returncode != 0:
+                report.note(f"iechs run failed (exit {r.returncode}): {tail(r.output)}")
+                return
+            runs.append(r.seconds * 1000)
+        report.add(
+            "start-up", f"iechs run, one example, {label} (whole process)", "ms", runs, at_most=200
+        )
     bare = [run_child([sys.executable, "-c", "pass"]).seconds * 1000 for _ in range(3)]
-    report.add("start-up", "iechs run, one example (whole process)", "ms", runs, at_most=200)
     report.add("start-up", "  python -c pass (for scale)", "ms", bare)
 
 
