@@ -132,6 +132,7 @@ class Engine:
         self.reassessment_interval = interval
         self.reassessment_delta = None if interval is None else timedelta(hours=interval.value)
         self._guard_results: dict[tuple[int, Tri], GuardResult] = {}
+        self._measure_actions: dict[tuple[tuple[str, ...], ...], Action] = {}
         self._charts = threading.local()
         #: the guideline's actions and `upon: step` rules that apply in each state, in order.
         self.actions_in: dict[str, tuple[ActionDef, ...]] = {
@@ -143,6 +144,23 @@ class Engine:
             )
             for sid in g.states
         }
+
+    def measure_action(self, missing: list[str], waiting: list[str], cites: list[str]) -> Action:
+        """The `measure` action: what to measure, for what (immutable: made once per content)."""
+        key = (tuple(missing), tuple(waiting), tuple(cites))
+        found = self._measure_actions.get(key)
+        if found is None:
+            found = Action(
+                "measure",
+                f"Measure or assess {', '.join(missing)}: needed to decide "
+                + "; ".join(dict.fromkeys(waiting))
+                + ".",
+                key[2],
+                measure=key[0],
+            )
+            if len(self._measure_actions) < 4096:  # bounded: a long-running service
+                self._measure_actions[key] = found
+        return found
 
     def guard_result(self, ref: TransitionRef, value: Tri) -> GuardResult:
         """How a transition's guard read (immutable: one object per transition and value)."""
@@ -1055,10 +1073,14 @@ class Episode:
         self, at: datetime, results: list[GuardResult], evaluation: Evaluation, *, prune: bool
     ) -> list[Alert]:
         if prune:  # what was provided since it was asked for is asked again when missing anew
+            still: dict[tuple[str, ...], tuple[str, ...]] = {}  # items raised together share
             for item, names in list(self._missing_raised.items()):
-                if item not in evaluation.missing_for(
-                    tuple(n for n in names if evaluation.value(n) is Tri.UNKNOWN)
-                ):
+                lacking = still.get(names)
+                if lacking is None:
+                    lacking = still[names] = evaluation.missing_for(
+                        tuple(n for n in names if evaluation.value(n) is Tri.UNKNOWN)
+                    )
+                if item not in lacking:
                     del self._missing_raised[item]
         unknown = [r for r in results if r.result == _UNKNOWN]
         if not unknown:
@@ -1116,17 +1138,7 @@ class Episode:
                 if measure_at is None:
                     measure_at = 0
         if measure_at is not None:
-            out.insert(
-                measure_at,
-                Action(
-                    "measure",
-                    f"Measure or assess {', '.join(missing)}: needed to decide "
-                    + "; ".join(dict.fromkeys(waiting))
-                    + ".",
-                    tuple(cites),
-                    measure=tuple(missing),
-                ),
-            )
+            out.insert(measure_at, self.engine.measure_action(missing, waiting, cites))
         return tuple(out)
 
     def _population_recommendation(self, a: ActionDef) -> tuple[Recommendation | None, bool]:
