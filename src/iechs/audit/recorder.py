@@ -116,12 +116,17 @@ class RecordedEpisode:
             )
             for d in pending
         ]
-        update = EpisodeUpdate(
-            ep.episode_id, ep.snapshot(), len(ep.decisions), expected_steps=self.recorded
-        )
-        sealed = self.store.append(drafts, update)
+        sealed = self.store.append(drafts, self.update())
         self.recorded = len(ep.decisions)
         return sealed
+
+    def update(self) -> EpisodeUpdate:
+        """The snapshot `flush` saves with the decisions (a writer that keeps the snapshot's
+        canonical text up to date gives it here, see `EpisodeUpdate.text`)."""
+        ep = self.episode
+        return EpisodeUpdate(
+            ep.episode_id, ep.snapshot(), len(ep.decisions), expected_steps=self.recorded
+        )
 
 
 def run_recorded(

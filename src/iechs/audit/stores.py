@@ -50,6 +50,7 @@ __all__ = [
     "EPISODE_EXPORT_FORMAT",
     "EXPORT_FORMAT",
     "AuditStore",
+    "EpisodeHead",
     "EpisodeUpdate",
     "Head",
     "JsonlLog",
@@ -116,12 +117,27 @@ class StoredRecord:
 
 @attrs.frozen
 class StoredEpisode:
-    """An episode's saved snapshot and how many of its steps the log holds."""
+    """An episode's saved snapshot and how many of its steps the log holds; `head_hash`: the
+    hash of the episode's last record (record `head_seq`, which seals the snapshot), when the
+    store read it."""
 
     id: str
     steps: int
     head_seq: int
     snapshot: dict[str, Any]
+    head_hash: str | None = None
+
+
+@attrs.frozen
+class EpisodeHead:
+    """Where an episode stands in a store, without its snapshot (`AuditStore.episode_head`):
+    its step count, its last record's number and the hash that record's content has."""
+
+    id: str
+    steps: int
+    head_seq: int
+    #: the SHA-256 of the last record's content, as read (None: no such record).
+    hash: str | None
 
 
 @attrs.frozen
@@ -136,12 +152,15 @@ class SavedSnapshot:
 
 @attrs.frozen
 class EpisodeUpdate:
-    """The snapshot to save with an append; `expected_steps` guards against a lost update."""
+    """The snapshot to save with an append; `expected_steps` guards against a lost update.
+    `text`: the snapshot's canonical JSON (`records.canonical(snapshot)`), when the writer has
+    it already (e.g. kept up to date as the episode grows); None: the store serialises it."""
 
     id: str
     snapshot: dict[str, Any]
     steps: int
     expected_steps: int
+    text: str | None = None
 
 
 class LogView(Protocol):
@@ -369,7 +388,7 @@ class AuditStore(ABC):
         sealing: int | None = None
         text: str | None = None
         if episode is not None:
-            text = canonical(episode.snapshot)
+            text = episode.text if episode.text is not None else canonical(episode.snapshot)
             mine = [i for i, d in enumerate(drafts) if d.episode == episode.id]
             sealing = mine[-1] if mine else None
             if sealing is None:
@@ -510,7 +529,7 @@ class AuditStore(ABC):
             if row is None:
                 return None
             saved = SavedSnapshot(str(row[0]), int(row[1]), int(row[2]), str(row[3]))
-            self._check_snapshot(cur, saved)
+            digest = self._check_snapshot(cur, saved)
         try:
             snapshot = json.loads(saved.text)
         except ValueError:
@@ -518,10 +537,37 @@ class AuditStore(ABC):
                 problem(f"the saved snapshot of episode {episode_id!r} is not JSON"),
                 _shown(self.location),
             ) from None
-        return StoredEpisode(saved.id, saved.steps, saved.head_seq, snapshot)
+        return StoredEpisode(saved.id, saved.steps, saved.head_seq, snapshot, digest)
 
-    def _check_snapshot(self, cur: Any, saved: SavedSnapshot) -> None:
-        """`SnapshotSealError` unless `saved` is the snapshot the chain vouches for."""
+    def episode_head(self, episode_id: str) -> EpisodeHead | None:
+        """Where the episode stands now, in one read of constant cost (neither the snapshot nor
+        the chain is read): its step count, its last record's number and the SHA-256 of that
+        record's content (hashed here, so a record edited under its stored hash reads as
+        another). A process that keeps an episode it restored with `episode` (which checks the
+        snapshot against the chain) knows by this whether the store still holds that episode,
+        and nothing after it. None: no such episode."""
+        with self._translated():
+            row = self._one(
+                self._sql(
+                    "SELECT e.steps, e.head_seq, r.body FROM iechs_episodes e "
+                    "LEFT JOIN iechs_records r ON r.seq = e.head_seq AND r.episode = e.id "
+                    "WHERE e.id = ?"
+                ),
+                (episode_id,),
+            )
+        if row is None:
+            return None
+        body = row[2]
+        digest = None if body is None else sha256_hex(str(body))
+        return EpisodeHead(episode_id, int(row[0]), int(row[1]), digest)
+
+    @abstractmethod
+    def _one(self, statement: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The first row of one read statement, run on its own (a consistent snapshot)."""
+
+    def _check_snapshot(self, cur: Any, saved: SavedSnapshot) -> str:
+        """`SnapshotSealError` unless `saved` is the snapshot the chain vouches for; else the
+        hash of the episode's last record (the one that seals it)."""
         from .snapshots import last_record, rebuilt_seal, snapshot_problem  # noqa: PLC0415
 
         def refuse(why: str, seq: int | None) -> SnapshotSealError:
@@ -572,6 +618,8 @@ class AuditStore(ABC):
         why = snapshot_problem(saved, None if record is None else last_record(record), rebuilt)
         if why is not None:
             raise refuse(why, saved.head_seq)
+        assert found is not None  # `snapshot_problem` refuses an episode without records
+        return str(found[1])
 
     def _linked(self, cur: Any, seq: int, digest: str) -> str | None:
         """Why record `seq` (hashing to `digest`) is not linked into the chain, or None."""
@@ -723,6 +771,11 @@ class SqliteStore(AuditStore):
         # Another cursor of the same connection: the same read transaction.
         return closing(self.conn.cursor())
 
+    def _one(self, statement: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        # Autocommit: one statement is one read transaction (a WAL snapshot).
+        row: tuple[Any, ...] | None = self.conn.execute(statement, args).fetchone()
+        return row
+
 
 class PostgresStore(AuditStore):
     """PostgreSQL via psycopg 3: appends lock the chain head row (`SELECT ... FOR UPDATE`)."""
@@ -787,6 +840,11 @@ class PostgresStore(AuditStore):
     def _scan(self, cur: Any, name: str) -> AbstractContextManager[Any]:
         # A server-side cursor streams a long log instead of loading it whole.
         return self.conn.cursor(name=name)
+
+    def _one(self, statement: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        # Autocommit: one statement sees one snapshot, in one round trip.
+        row: tuple[Any, ...] | None = self.conn.execute(statement, args).fetchone()
+        return row
 
 
 class JsonlLog:

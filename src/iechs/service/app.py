@@ -1,17 +1,25 @@
 """The FastAPI application of `iechs serve`.
 
-The services run on one worker thread (the store's connections belong to it); the event loop
-only parses, checks and answers. Every error is `{"error": "..."}` naming the field, with a
-4xx status for what the client can fix (400 malformed, 401 not authenticated, 404 unknown
-service or card, 409 the episode cannot take it, 413 too large, 429 too much feedback) and 503
-when the store is unavailable. With allowed origins (`--allow-origin`), browsers on those
-origins may call (CORS); no other origin gets a CORS header.
+The services run on the event loop's own thread, one request at a time (the store's
+connections belong to it): a request is short and CPU-bound (the store answers in a read or two,
+the engine steps in microseconds), and handing it to a worker thread only made the two threads
+queue for the interpreter lock, which under load cost more than the request itself. A process
+uses one core; `iechs serve --workers N` runs N processes on one port (`worker_app`), each with
+its own connections and kept episodes, checked against the store on every request. Each answer
+names the process that gave it (`X-Iechs-Worker`: its PID).
+
+Every error is `{"error": "..."}` naming the field, with a 4xx status for what the client can
+fix (400 malformed, 401 not authenticated, 404 unknown service or card, 409 the episode cannot
+take it, 413 too large, 429 too much feedback) and 503 when the store is unavailable. With
+allowed origins (`--allow-origin`), browsers on those origins may call (CORS); no other origin
+gets a CORS header.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import json
+import os
 import re
 import sys
 import traceback
@@ -21,13 +29,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
 from .clients import Client
@@ -44,12 +53,26 @@ from .schemas import (
 )
 from .security import Guard, TokenVerifier
 
-__all__ = ["CORS_HEADERS", "build", "create_app", "review_page"]
+__all__ = [
+    "CONFIG_ENV",
+    "CORS_HEADERS",
+    "WORKER_HEADER",
+    "build",
+    "config_env",
+    "create_app",
+    "review_page",
+    "worker_app",
+]
 
 T = TypeVar("T")
 _SHA = re.compile(r'<code id="guideline-sha256">([0-9a-f]{64})</code>')
+_HookCall = PatientViewRequest | OrderSignRequest
 #: The request headers a browser client may send (the CDS Hooks sandbox sends these).
 CORS_HEADERS = ("Authorization", "Content-Type", "Accept")
+#: The response header naming the process that answered (its PID).
+WORKER_HEADER = "X-Iechs-Worker"
+#: The environment variable that hands the configuration to `worker_app` (JSON).
+CONFIG_ENV = "IECHS_SERVE_CONFIG"
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -129,28 +152,29 @@ def _client(request: Request) -> Client:
     return Client.of(getattr(request.state, "iechs_claims", None))
 
 
+async def _inline(call: Callable[..., T], *args: Any) -> T:
+    """Run a service call on the event loop's thread (see the module's text)."""
+    return call(*args)
+
+
 def create_app(
     config: ServiceConfig,
     service: HookService | None = None,
     executor: ThreadPoolExecutor | None = None,
 ) -> FastAPI:
-    """The FastAPI app (without the size and JWT guard and CORS: see `build`); `executor`:
-    its one worker thread."""
+    """The FastAPI app (without the size and JWT guard and CORS: see `build`). The service
+    runs on the event loop's thread, or on `executor` when one is given (its one thread)."""
     core = service if service is not None else HookService(config)
     meta = core.g.guideline
-    if executor is None:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iechs-service")
     page, no_page = review_page(config, core.g.sha256)
-
-    async def run(call: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, functools.partial(call, *args))
+    run = _inline if executor is None else _on(executor)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await run(core.close)
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
 
     app = FastAPI(
         title="iechs CDS Hooks service",
@@ -199,16 +223,13 @@ def create_app(
     async def discovery() -> JSONResponse:
         return JSONResponse(core.discovery())
 
-    @app.post(
-        f"/cds-services/{PATIENT_VIEW}",
-        summary="patient-view: the IEC-HS episode, its recommendations, alerts and what is due",
-        response_model=None,
-        responses={200: {"model": CdsResponse}, **_errors(400, 401, 409, 413, 503)},
-    )
-    async def patient_view(body: PatientViewRequest, request: Request) -> JSONResponse:
+    answers = {PATIENT_VIEW: core.patient_view, ORDER_SIGN: core.order_sign}
+
+    async def hook(service_id: str, body: _HookCall, request: Request) -> JSONResponse:
+        """The answer to a valid hook call (the endpoints below, and `_FastHooks`)."""
         cards = await run(
             functools.partial(
-                core.patient_view,
+                answers[service_id],
                 hook_instance=body.hookInstance,
                 client=_client(request),
             ),
@@ -219,6 +240,17 @@ def create_app(
         )
         return JSONResponse({"cards": cards})
 
+    app.state.iechs_hook = hook
+
+    @app.post(
+        f"/cds-services/{PATIENT_VIEW}",
+        summary="patient-view: the IEC-HS episode, its recommendations, alerts and what is due",
+        response_model=None,
+        responses={200: {"model": CdsResponse}, **_errors(400, 401, 409, 413, 503)},
+    )
+    async def patient_view(body: PatientViewRequest, request: Request) -> JSONResponse:
+        return await hook(PATIENT_VIEW, body, request)
+
     @app.post(
         f"/cds-services/{ORDER_SIGN}",
         summary="order-sign: what the engine says about the draft medication orders",
@@ -226,18 +258,7 @@ def create_app(
         responses={200: {"model": CdsResponse}, **_errors(400, 401, 409, 413, 503)},
     )
     async def order_sign(body: OrderSignRequest, request: Request) -> JSONResponse:
-        cards = await run(
-            functools.partial(
-                core.order_sign,
-                hook_instance=body.hookInstance,
-                client=_client(request),
-            ),
-            body.context.model_dump(exclude_unset=True),
-            body.prefetch,
-            body.extension,
-            review_url(request),
-        )
-        return JSONResponse({"cards": cards})
+        return await hook(ORDER_SIGN, body, request)
 
     @app.post(
         "/cds-services/{service_id}/feedback",
@@ -295,16 +316,126 @@ def create_app(
     return app
 
 
-def build(config: ServiceConfig, service: HookService | None = None) -> ASGIApp:
-    """The app behind its guard (body size limit and, when configured, JWT checks, the used
-    token ids shared through the store), and CORS for the allowed origins, if any."""
-    core = service if service is not None else HookService(config)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iechs-service")
+def _on(executor: ThreadPoolExecutor) -> Callable[..., Any]:
+    import asyncio  # noqa: PLC0415 - only with an executor
 
     async def on_worker(call: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, functools.partial(call, *args))
 
+    return on_worker
+
+
+#: The hook calls `_FastHooks` answers: path -> (service id, request model).
+_HOOKS: dict[str, tuple[str, type[_HookCall]]] = {
+    f"/cds-services/{PATIENT_VIEW}": (PATIENT_VIEW, PatientViewRequest),
+    f"/cds-services/{ORDER_SIGN}": (ORDER_SIGN, OrderSignRequest),
+}
+
+
+def _json_type(value: bytes | None) -> bool:
+    """Whether a Content-Type is one FastAPI reads as JSON (application/json, .../x+json)."""
+    if value is None:
+        return False
+    kind = value.split(b";", 1)[0].strip().lower()
+    return kind == b"application/json" or (
+        kind.startswith(b"application/") and kind.endswith(b"+json")
+    )
+
+
+class _FastHooks:
+    """ASGI middleware: a valid hook call (patient-view, order-sign) answered without FastAPI's
+    routing, dependency and middleware machinery (a quarter of the app's CPU per call).
+
+    Only a call FastAPI would answer with the endpoint itself takes this way: a POST of a JSON
+    body (`Content-Type` JSON) that the endpoint's own model validates. Its answer comes from
+    the endpoint's own function (`create_app`'s `hook`), and a `ServiceError` is answered as the
+    app's handler answers it. Anything else (another endpoint, a body that is not JSON or does
+    not validate, a mounted app) goes to the app with the body as it was read, and gets the
+    app's answer, errors included, exactly as without this."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.hook = app.state.iechs_hook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = _HOOKS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        headers = dict(scope.get("headers") or ()) if found is not None else {}
+        if (
+            found is None
+            or scope.get("method") != "POST"
+            or scope.get("root_path")
+            or not _json_type(headers.get(b"content-type"))
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay(b"".join(chunks), receive, message), send)
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        service_id, model = found
+        try:
+            request = model.model_validate(json.loads(body))
+        except Exception:  # the app says what is wrong, in its words
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:
+            response = await self.hook(service_id, request, Request(scope, receive))
+        except ServiceError as exc:  # as the app's handler answers it
+            response = JSONResponse(
+                {"error": exc.message}, status_code=exc.status, headers=exc.headers
+            )
+        except Exception as exc:  # as the app's handler answers it
+            traceback.print_exception(exc, file=sys.stderr)
+            response = JSONResponse(
+                {"error": f"internal error: {type(exc).__name__}"}, status_code=500
+            )
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive, last: Message | None = None) -> Receive:
+    """`receive` that first gives back the body already read (and `last`, a message that came
+    instead of more body)."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": last is not None}]
+    if last is not None:
+        pending.append(last)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+class _Named:
+    """ASGI middleware: each HTTP answer names the process that gave it (`WORKER_HEADER`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.header = (WORKER_HEADER.lower().encode(), str(os.getpid()).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
+def build(config: ServiceConfig, service: HookService | None = None) -> ASGIApp:
+    """The app behind its guard (body size limit and, when configured, JWT checks, the used
+    token ids shared through the store), and CORS for the allowed origins, if any."""
+    core = service if service is not None else HookService(config)
     verifier = None
     if config.jwt_issuer and config.jwt_key:
         verifier = TokenVerifier(
@@ -314,11 +445,11 @@ def build(config: ServiceConfig, service: HookService | None = None) -> ASGIApp:
             first_use=core.first_use_of_token,
         )
     app: ASGIApp = Guard(
-        create_app(config, core, executor),
+        _FastHooks(create_app(config, core)),
         limit=config.max_body,
         verifier=verifier,
         public_url=config.public_url,
-        run=on_worker,
+        run=_inline,
     )
     if config.allow_origins:
         # Outside the guard: a preflight carries no token, and a 401 or 413 must reach the
@@ -328,7 +459,20 @@ def build(config: ServiceConfig, service: HookService | None = None) -> ASGIApp:
             allow_origins=list(config.allow_origins),
             allow_methods=["GET", "POST"],
             allow_headers=list(CORS_HEADERS),
-            expose_headers=["Retry-After", "WWW-Authenticate"],
+            expose_headers=["Retry-After", "WWW-Authenticate", WORKER_HEADER],
             max_age=600,
         )
-    return app
+    return _Named(app)
+
+
+def config_env(config: ServiceConfig) -> str:
+    """`config` as `worker_app` reads it from `CONFIG_ENV`."""
+    return json.dumps(attrs.asdict(config))
+
+
+def worker_app() -> ASGIApp:
+    """The app of one worker process of `iechs serve --workers N` (uvicorn's factory): the
+    configuration comes from `CONFIG_ENV`, which `iechs serve` sets and checked before."""
+    fields = json.loads(os.environ[CONFIG_ENV])
+    fields["allow_origins"] = tuple(fields.get("allow_origins") or ())
+    return build(ServiceConfig(**fields))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,8 @@ __all__ = [
     "card_uuid",
     "content_of",
     "summary_text",
+    "uuid_maker",
+    "uuid_of_content",
     "with_uuids",
 ]
 
@@ -84,10 +86,31 @@ def card_uuid(
     """The uuid of `card` (its content, without uuids) answering one hook call: derived from the
     call's `hookInstance` (None: from the content alone), the service, the episode and the
     content."""
-    key = {"service": service, "episode": episode, "card": content_of(card)}
+    return uuid_of_content(
+        canonical(content_of(card)), service=service, episode=episode, hook_instance=hook_instance
+    )
+
+
+def uuid_of_content(content: str, *, service: str, episode: str, hook_instance: str | None) -> str:
+    """`card_uuid` of the card whose content's canonical JSON is `content`: the uuid5 of the
+    canonical JSON of `{card, episode, hookInstance, service}`, written here in that (sorted)
+    order around the content's text, so that a card's content is serialised once however
+    often it is issued."""
+    return uuid_maker(service=service, episode=episode, hook_instance=hook_instance)(content)
+
+
+def uuid_maker(*, service: str, episode: str, hook_instance: str | None) -> Callable[[str], str]:
+    """`uuid_of_content` for the cards of one hook call: what follows the content in the text
+    hashed is the same for all of them, and written once."""
+    rest = ',"episode":' + canonical(episode)
     if hook_instance is not None:
-        key["hookInstance"] = hook_instance.lower()
-    return str(uuid.uuid5(_NAMESPACE, canonical(key)))
+        rest += ',"hookInstance":' + canonical(hook_instance.lower())
+    rest += ',"service":' + canonical(service) + "}"
+
+    def of(content: str) -> str:
+        return str(uuid.uuid5(_NAMESPACE, '{"card":' + content + rest))
+
+    return of
 
 
 def with_uuids(card: dict[str, Any], card_id: str) -> dict[str, Any]:

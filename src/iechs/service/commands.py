@@ -6,13 +6,17 @@ Imports nothing heavy until `run` (FastAPI, uvicorn and the engine load only whe
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["HELP", "configure", "run"]
+__all__ = ["HELP", "MAX_DEFAULT_WORKERS", "configure", "default_workers", "run"]
 
 HELP = "serve CDS Hooks (patient-view, order-sign, feedback) over an audit store"
+#: `--workers` by default: the cores this process may use, at most this many.
+MAX_DEFAULT_WORKERS = 4
 _LOOPBACK = ("127.", "::1", "localhost")
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?"
@@ -118,6 +122,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how long an issued card takes feedback (default 30)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes answering on the port, each using one core (default: the cores this "
+        f"process may use, at most {MAX_DEFAULT_WORKERS}); each keeps the episodes it restored "
+        "and checks them against the store on every request",
+    )
+    parser.add_argument(
         "--access-log", action="store_true", help="log every request (uvicorn's access log)"
     )
 
@@ -144,7 +157,18 @@ def _public_url_problem(url: str) -> str | None:
     return None
 
 
+def default_workers() -> int:
+    """`--workers` by default: the cores this process may use, at most `MAX_DEFAULT_WORKERS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
 def _limits_problem(args: argparse.Namespace) -> str | None:
+    if args.workers is not None and args.workers < 1:
+        return "--workers must be at least 1"
     for name in ("max_body", "feedback_per_card", "feedback_per_minute", "max_feedback_text"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
@@ -230,13 +254,13 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import build, review_page
+    from .app import CONFIG_ENV, build, config_env, review_page
 
     _, no_page = review_page(config, service.g.sha256)
     if args.review_page and no_page:
         print(f"iechs serve: {no_page}", file=sys.stderr)
         return 2
-    app = build(config, service)
+    workers = args.workers if args.workers is not None else default_workers()
     meta = service.g.guideline
     if not args.host.startswith(_LOOPBACK) and not args.jwt_issuer:
         print(
@@ -254,19 +278,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"iechs serve: warning: /review: {no_page}", file=sys.stderr)
     print(
         f"iechs serve: http://{args.host}:{args.port}/cds-services — store {shown}, "
-        f"guideline {meta.id} {meta.version}",
+        f"guideline {meta.id} {meta.version}, {workers} worker process(es)",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=args.access_log,
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "warning",
+        "access_log": args.access_log,
         # X-Forwarded-* only from the proxies named: otherwise anyone on this host could say
         # the request came over https from elsewhere.
-        proxy_headers=args.forwarded_allow_ips is not None,
-        forwarded_allow_ips=args.forwarded_allow_ips,
+        "proxy_headers": args.forwarded_allow_ips is not None,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+    }
+    if workers == 1:
+        uvicorn.run(build(config, service), **options)
+        return 0
+    # Several processes (`workers`), each building the app from the configuration checked
+    # above, which they read from the environment.
+    from .workers import serve_workers
+
+    os.environ[CONFIG_ENV] = config_env(config)
+    app_path = "iechs.service.app:worker_app"
+    return serve_workers(
+        uvicorn.Config(app_path, factory=True, workers=workers, **options), workers
     )
-    return 0

@@ -1,21 +1,25 @@
 """The CDS services, without the web framework: an answer is a function of the request, of the
 client asking and of what the audit store holds when it arrives.
 
-Each request restores the patient's episode from the store (no in-process copy can go stale,
-so any number of service processes can serve any patient); a restored episode is kept and
-continued, so that a request replays only what was recorded since (`episodes`). `patient-view`
-and `order-sign` work on that episode and record nothing; feedback appends to the episode, and
-when another process appended first, reloads and tries again (the store refuses a write based
-on a stale episode, so the chain never forks). A client reads only its tenant's episodes and
-gives feedback only on the cards issued to it (`clients`). Not thread-safe: the app runs it on
-one thread.
+Every request asks the store where the patient's episode stands (one read of constant cost) and
+answers from the episode this process keeps when it is the store's, else reads it (its snapshot
+checked against the chain) and continues or restores it (`episodes`): no in-process copy can
+go stale, so any number of service processes can serve any patient, and the cost of a request
+does not grow with the episode's length or the feedback it has taken. `patient-view` and
+`order-sign` work on that episode and record nothing (patient-view's cards are reused while the
+episode, the time and the links are the same; only their uuids are new); feedback appends to
+the episode, and when another process appended first, reloads and tries again (the store
+refuses a write based on a stale episode, so the chain never forks). A client reads only its
+tenant's episodes and gives feedback only on the cards issued to it (`clients`). Not
+thread-safe: the app runs it on one thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections import Counter
+import sqlite3
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,21 +28,30 @@ import attrs
 
 from ..audit.errors import SnapshotSealError, StoreError
 from ..audit.recorder import RecordedEpisode
-from ..audit.stores import AuditStore, open_store
+from ..audit.records import canonical
+from ..audit.stores import AuditStore, EpisodeUpdate, SqliteStore, open_store
 from ..criteria import Evaluation
 from ..engine import Engine, Episode
 from ..errors import EpisodeError
 from ..loader import load_guideline
 from ..timeline import format_time, parse_time
-from .cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM, CardMaker, card_uuid, with_uuids
+from .cards import (
+    OVERRIDE_REASONS,
+    OVERRIDE_SYSTEM,
+    CardMaker,
+    content_of,
+    uuid_maker,
+    with_uuids,
+)
 from .clients import ANONYMOUS, TENANT_PREFIX, Client
 from .episodes import RestoredEpisodes, private_copy
 from .errors import ServiceError, bad_request
-from .issued import IssuedCard, IssuedCards
+from .issued import IssuedCard, IssuedCards, content_digest
 from .orders import read_draft_orders
 from .security import LEEWAY_S, MAX_TOKEN_LIFETIME_S
 from .tables import ServiceTables
 from .tokens import UsedTokens
+from .wal import Checkpointer
 
 __all__ = [
     "EXT_NOW",
@@ -67,6 +80,8 @@ ORDER_ALERTS = frozenset({"off_guideline_therapy", "treatment_unconfirmed"})
 _RANK = {"critical": 0, "warning": 1, "info": 2}
 _NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # for orders read when there is no episode
 _RETRIES = 8
+#: how many patient-view answers (their cards) are kept for reuse.
+_CARDS_MEMO = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -134,10 +149,15 @@ class HookService:
             r.alert for r in self.g.rules.values() if r.upon == "treatment"
         }
         self.episodes = RestoredEpisodes(self.engine)
+        #: patient-view's cards of the kept episodes (`_episode_cards_of`), most recent last.
+        self._cards_memo: OrderedDict[
+            tuple[str, datetime, str, str], tuple[Episode, int, tuple[_Prepared, ...]]
+        ] = OrderedDict()
         self._store: AuditStore | None = None
         self._tables: ServiceTables | None = None
         self._issued: IssuedCards | None = None
         self._tokens: UsedTokens | None = None
+        self._checkpointer: Checkpointer | None = None
 
     # --- the store -------------------------------------------------------------------------
 
@@ -148,13 +168,28 @@ class HookService:
                 self._store = open_store(self.config.store, create=False)
             except StoreError as exc:
                 raise ServiceError(503, f"the store is unavailable: {exc.render()}") from None
+            if isinstance(self._store, SqliteStore):
+                self._checkpoint_apart(self._store.conn)
         return self._store
 
     @property
     def tables(self) -> ServiceTables:
         if self._tables is None:
             self._tables = ServiceTables(self.config.store)
+            if not self._tables.postgres:
+                self._checkpoint_apart(self._tables.conn)
         return self._tables
+
+    def _checkpoint_apart(self, conn: sqlite3.Connection) -> None:
+        """Leave the SQLite log's checkpoints to a thread of their own (`wal`), not to the
+        commits of requests."""
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error:  # pragma: no cover - a pragma on an open connection
+            return
+        if self._checkpointer is None:
+            self._checkpointer = Checkpointer(self.config.store)
+            self._checkpointer.start()
 
     @property
     def issued(self) -> IssuedCards:
@@ -174,6 +209,9 @@ class HookService:
                 with contextlib.suppress(Exception):  # a broken connection is dropped anyway
                     resource.close()
         self._store = self._tables = self._issued = self._tokens = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
 
     def _guarded(self, call: Any, *args: Any) -> Any:
         """Run `call`; a store failure drops the connections (the next request reconnects)."""
@@ -193,8 +231,19 @@ class HookService:
         return result
 
     def _resume(self, episode_id: str, *, private: bool = True) -> RecordedEpisode | None:
+        """The episode as the store holds it now (None: no such episode): the kept one when the
+        store's head of the episode is where it stands (one read of constant cost), else read
+        and checked against the chain, and continued or restored (`episodes`). `private`: a
+        copy the caller may change."""
+        store = self.store
+        at = store.episode_head(episode_id)
+        if at is None:
+            return None
+        kept = self.episodes.current(episode_id, store.store_id, at, private=private)
+        if kept is not None:
+            return _Recorded(kept, store, at.steps, self.episodes)
         try:
-            saved = self.store.episode(episode_id)
+            saved = store.episode(episode_id)
         except SnapshotSealError as exc:  # not the store failing: this episode is refused
             raise ServiceError(
                 409, f"episode {episode_id!r} cannot be restored here: {exc.render()}"
@@ -208,7 +257,7 @@ class HookService:
             raise ServiceError(
                 409, f"episode {episode_id!r} cannot be restored here: {exc.render()}"
             ) from None
-        return RecordedEpisode(episode, self.store, saved.steps)
+        return _Recorded(episode, self.store, saved.steps, self.episodes)
 
     # --- requests --------------------------------------------------------------------------
 
@@ -324,16 +373,36 @@ class HookService:
         last = recorded.episode.decisions[-1].at if recorded is not None else None
         at = self._at(extension, last)  # checked even when there is no episode
         maker = CardMaker(self.g, review_url)
-        cards = []
+        cards: list[_Prepared] = []
         if recorded is not None and at is not None and last is not None:
-            ep = recorded.episode
-            if not ep.closed and at > last:
-                ep = private_copy(ep)  # what is due now: on a copy, never recorded
-                ep.advance(at)
-            cards = self._episode_cards(maker, located.episode, ep, str(context["patientId"]))
+            cards = self._episode_cards_of(
+                maker, located.episode, recorded.episode, at, str(context["patientId"])
+            )
         # else no IEC-HS episode recorded for this patient: nothing to say about it
-        cards += self._prefetch_cards(maker, located)
+        cards += [_prepared(c) for c in self._prefetch_cards(maker, located)]
         return self._issue(PATIENT_VIEW, located.episode, cards, hook_instance, client)
+
+    def _episode_cards_of(
+        self, maker: CardMaker, episode_id: str, kept: Episode, at: datetime, patient: str
+    ) -> list[_Prepared]:
+        """The cards of the episode `kept` (the store's, as kept: never changed here) at `at`.
+        They are a function of the episode, the time, the review page's URL and the patient id
+        shown: the same call about the same episode reuses them while the store holds no more
+        of it (only their uuids, which derive from each call's `hookInstance`, are new)."""
+        key = (episode_id, at, maker.review_url, patient)
+        found = self._cards_memo.get(key)
+        if found is not None and found[0] is kept and found[1] == len(kept.decisions):
+            self._cards_memo.move_to_end(key)
+            return list(found[2])
+        ep = kept
+        if not ep.closed and at > ep.decisions[-1].at:
+            ep = private_copy(ep)  # what is due now: on a copy, never recorded
+            ep.advance(at)
+        cards = [_prepared(c) for c in self._episode_cards(maker, episode_id, ep, patient)]
+        self._cards_memo[key] = (kept, len(kept.decisions), tuple(cards))
+        while len(self._cards_memo) > _CARDS_MEMO:
+            self._cards_memo.popitem(last=False)
+        return cards
 
     def _episode_cards(
         self, maker: CardMaker, episode_id: str, ep: Episode, patient: str
@@ -341,7 +410,7 @@ class HookService:
         current = self.episodes.current_state(episode_id, ep)
         identified = None
         if "iec_hs_identified" in self.g.criteria and not ep.closed:
-            identified = Evaluation(self.engine.plan, ep.facts)("iec_hs_identified").value
+            identified = Evaluation(self.engine.plan, ep.facts).value("iec_hs_identified")
         cards = []
         next_steps = maker.actions_card(ep.decisions[-1].actions, state=ep.state, patient=patient)
         if next_steps is not None:
@@ -424,24 +493,25 @@ class HookService:
                 ]
             cards.sort(key=lambda c: _RANK[c["indicator"]])
         cards += self._prefetch_cards(maker, located)
-        return self._issue(ORDER_SIGN, located.episode, cards, hook_instance, client)
+        prepared = [_prepared(c) for c in cards]
+        return self._issue(ORDER_SIGN, located.episode, prepared, hook_instance, client)
 
     def _issue(
         self,
         service: str,
         episode_id: str,
-        cards: list[dict[str, Any]],
+        cards: Sequence[_Prepared],
         hook_instance: str | None,
         client: Client,
     ) -> list[dict[str, Any]]:
-        out = [
-            with_uuids(
-                c,
-                card_uuid(c, service=service, episode=episode_id, hook_instance=hook_instance),
-            )
-            for c in cards
-        ]
-        self.issued.add(service, episode_id, client.key, out)
+        out = []
+        issued = []
+        uuid_of = uuid_maker(service=service, episode=episode_id, hook_instance=hook_instance)
+        for c in cards:
+            card_id = uuid_of(c.text)
+            out.append(with_uuids(c.card, card_id))
+            issued.append((card_id, c.digest, c.text))
+        self.issued.add_contents(service, episode_id, client.key, issued)
         return out
 
     # --- feedback --------------------------------------------------------------------------
@@ -602,14 +672,47 @@ class HookService:
             try:
                 sealed = recorded.flush(actor=actor, reason=reason)
             except StoreError:
-                saved = self.store.episode(episode_id)
-                if saved is not None and saved.steps != recorded.recorded:
+                at = self.store.episode_head(episode_id)
+                if at is not None and at.steps != recorded.recorded:
                     continue  # another process wrote first: reload and try again
                 raise
-            return sealed[-1].seq
+            # This copy is what the store now holds: kept, the next request need not read it.
+            last = sealed[-1]
+            self.episodes.recorded(self.store.store_id, ep, recorded.recorded, last.seq, last.hash)
+            return last.seq
         raise ServiceError(
             409, f"episode {episode_id!r} kept changing while the feedback was recorded; retry"
         )
+
+
+class _Recorded(RecordedEpisode):
+    """A `RecordedEpisode` that saves its snapshot with the text the service keeps up to date
+    (`episodes.SnapshotText`): an append costs the same however long the episode."""
+
+    def __init__(
+        self, episode: Episode, store: AuditStore, recorded: int, kept: RestoredEpisodes
+    ) -> None:
+        super().__init__(episode, store, recorded)
+        self.kept = kept
+
+    def update(self) -> EpisodeUpdate:
+        update = super().update()
+        text = self.kept.snapshot_text(update.id, update.snapshot)
+        return attrs.evolve(update, text=text)
+
+
+@attrs.frozen
+class _Prepared:
+    """A card without uuids, with its content's canonical JSON and that text's digest."""
+
+    card: dict[str, Any]
+    text: str
+    digest: str
+
+
+def _prepared(card: dict[str, Any]) -> _Prepared:
+    text = canonical(content_of(card))
+    return _Prepared(card, text, content_digest(text))
 
 
 def _patient_id(value: Any, path: str) -> str:

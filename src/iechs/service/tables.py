@@ -65,6 +65,11 @@ class ServiceTables:
 
                 self.errors = (psycopg.Error,)
                 self.conn = psycopg.connect(location, autocommit=True, connect_timeout=10)
+                # No record lives here (as SQLite's `synchronous = NORMAL` below): a commit
+                # need not wait for the server's log to reach the disk, which cost every hook
+                # call a sync. A crash of the server may lose the last moments' cards and token
+                # ids; the chain's own commits stay synchronous.
+                self.conn.execute("SET synchronous_commit = off")
             else:
                 uri = Path(location).absolute().as_uri() + "?mode=rw"
                 self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60.0)
@@ -114,6 +119,13 @@ class ServiceTables:
                     self.conn.rollback()
                     raise
                 cur.execute("COMMIT")
+        except self.errors as exc:
+            raise ServiceError(503, f"cannot {what}: {exc}") from None
+
+    def execute(self, what: str, statement: str, args: tuple[Any, ...]) -> None:
+        """One statement on its own, in its own transaction (written in this dialect)."""
+        try:
+            self.conn.execute(statement, args)
         except self.errors as exc:
             raise ServiceError(503, f"cannot {what}: {exc}") from None
 
