@@ -25,10 +25,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Generator, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -38,10 +39,13 @@ if TYPE_CHECKING:
 __all__ = [
     "HELP",
     "PARTITION_SIZE",
+    "PROGRESS_EVERY",
     "ROW_GROUP_ROWS",
+    "Encoded",
     "configure",
     "iter_cohort",
     "parquet_schema",
+    "replay_encoded",
     "replay_one",
     "replay_with",
     "run",
@@ -142,7 +146,15 @@ def _init_worker(guideline: str | None, runtime: str) -> None:
 
 
 def timeline_of(key: str, text: str, guideline: Guideline) -> Timeline:
-    """Parse one cohort item (native timeline or FHIR Bundle); bad input is an `IechsError`."""
+    """Parse one cohort item (native timeline or FHIR Bundle); bad input is an `IechsError`.
+
+    A valid native timeline takes the fast path (`fast_timeline`: msgspec); anything else, the
+    slow path that gives the Timeline or names each problem (the same Timeline either way)."""
+    from .timeline import fast_timeline
+
+    timeline = fast_timeline(text, guideline, key)
+    if timeline is not None:
+        return timeline
     from .jsonio import loads
     from .timeline import parse_timeline
 
@@ -175,8 +187,27 @@ def replay_one(item: tuple[str, str]) -> Summary:
     return replay_with(_ENGINE, item)
 
 
+def replay_encoded(item: tuple[str, str]) -> Encoded:
+    """`replay_one`, its result already a JSON line: a worker encodes it, the writer writes it
+    (a text crosses between processes faster than the dict, and the work is shared out)."""
+    result = replay_one(item)
+    return Encoded(_line(result), "error" in result)
+
+
+class Encoded(NamedTuple):
+    """One result as its JSON line (`_line`), and whether it is an `error` result."""
+
+    line: str
+    error: bool
+
+
+#: `json.dumps(result, sort_keys=True, separators=(",", ":"))`, without making an encoder
+#: for each line.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def _line(result: Summary) -> str:
-    return json.dumps(result, sort_keys=True, separators=(",", ":")) + "\n"
+    return _ENCODE(result) + "\n"
 
 
 # --- writers -----------------------------------------------------------------------------------
@@ -188,8 +219,8 @@ class _JsonLines:
     def __init__(self, out: Path) -> None:
         self.fh = out.open("a", encoding="utf-8")
 
-    def write(self, result: Summary) -> None:
-        self.fh.write(_line(result))
+    def write(self, result: Summary | Encoded) -> None:
+        self.fh.write(result.line if isinstance(result, Encoded) else _line(result))
 
     def close(self, complete: bool) -> None:
         self.fh.close()
@@ -263,7 +294,8 @@ class _Parquet:
         self.writer = pq.ParquetWriter(self.partial, self.schema, compression="zstd")
         self.rows: list[Summary] = []
 
-    def write(self, result: Summary) -> None:
+    def write(self, result: Summary | Encoded) -> None:
+        assert not isinstance(result, Encoded)  # a Parquet table is written from the results
         self.rows.append(result)
         if len(self.rows) == ROW_GROUP_ROWS:
             self._flush()
@@ -359,17 +391,22 @@ def run(args: argparse.Namespace) -> int:
     total = _count(source)
     errors = 0
     complete = False
+    encoded = isinstance(writer, _JsonLines)  # workers send JSON lines, not results
     try:
         with (
             Progress(disable=args.no_progress, transient=True) as progress,
-            closing(_executor(args, todo)) as batches,
+            closing(_executor(args, todo, encoded)) as batches,
         ):
             task = progress.add_task("replaying", total=total, completed=len(done))
+            # where the bar is not shown (a log, a pipe), a line every PROGRESS_EVERY s
+            shown = progress.console.is_terminal or progress.console.is_jupyter
+            lines = _ProgressLines(total, len(done), disabled=args.no_progress or shown)
             for results in batches:
                 for result in results:
-                    errors += "error" in result
+                    errors += result.error if isinstance(result, Encoded) else "error" in result
                     writer.write(result)
                 progress.advance(task, len(results))
+                lines.advance(len(results))
         complete = True
     finally:
         writer.close(complete)
@@ -381,26 +418,57 @@ def run(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+class _ProgressLines:
+    """Progress where there is no terminal for a bar: a line on stderr every `PROGRESS_EVERY`
+    seconds (none for a run shorter than that)."""
+
+    def __init__(self, total: int, done: int, *, disabled: bool) -> None:
+        self.total, self.done, self.disabled = total, done, disabled
+        self.start = self.last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.disabled or (now := time.monotonic()) - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        print(
+            f"replaying: {self.done} of {self.total} timelines{share}, {now - self.start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+#: seconds between two progress lines when stderr is not a terminal.
+PROGRESS_EVERY = 10.0
+
+
 def _executor(
-    args: argparse.Namespace, todo: Iterator[tuple[str, str]]
-) -> Generator[list[Summary], None, None]:
-    """Results in input order, in batches (one per partition, or one result at a time)."""
+    args: argparse.Namespace, todo: Iterator[tuple[str, str]], encoded: bool = False
+) -> Generator[list[Summary] | list[Encoded], None, None]:
+    """Results in input order, in batches (one per partition, or one result at a time);
+    `encoded`: each as its JSON line (`Encoded`), from the local executor."""
     if args.executor == "dask":
         from .cohort_dask import replay
 
         yield from replay(args, _ENGINE.guideline, todo)
-    elif args.workers == 1:
+        return
+    if args.workers == 1:
         for item in todo:
-            yield [replay_one(item)]
-    else:
-        import multiprocessing
+            yield [replay_encoded(item)] if encoded else [replay_one(item)]
+        return
+    import multiprocessing
 
-        pool = multiprocessing.get_context("fork").Pool(
-            args.workers, _init_worker, (args.guideline, args.runtime)
-        )
-        try:
+    pool = multiprocessing.get_context("fork").Pool(
+        args.workers, _init_worker, (args.guideline, args.runtime)
+    )
+    try:
+        if encoded:
+            for line in pool.imap(replay_encoded, todo, chunksize=32):
+                yield [line]
+        else:
             for result in pool.imap(replay_one, todo, chunksize=32):
                 yield [result]
-        finally:
-            pool.terminate()
-            pool.join()
+    finally:
+        pool.terminate()
+        pool.join()

@@ -12,7 +12,7 @@ import attrs
 
 from .criteria import Verdict
 from .model import Dose, Recommendation
-from .timeline import event_to_json, format_time
+from .timeline import TreatmentEvent, event_to_json, format_time
 
 __all__ = [
     "ALERT_SEVERITY",
@@ -217,6 +217,15 @@ class Decision:
             e = event_to_json(e)
             self._event = e
         return e  # type: ignore[no-any-return]
+
+    @property
+    def given_drug(self) -> str | None:
+        """The drug the step's event records as given, if it is a treatment (`event["drug"]`,
+        without rendering the event)."""
+        e = self._event
+        if isinstance(e, dict):
+            return e.get("drug") if e.get("kind") == "treatment" else None
+        return e.drug if isinstance(e, TreatmentEvent) else None
 
     @property
     def later(self) -> tuple[dict[str, Any], ...]:

@@ -56,8 +56,9 @@ def _drug_actions(decisions: Sequence[Decision]) -> list[dict[str, Any]]:
     open_runs: dict[tuple[str, str], dict[str, Any]] = {}
     done: list[dict[str, Any]] = []
     for d in decisions:
-        event = d.event
-        given = event.get("drug") if event.get("kind") == "treatment" else None
+        if not open_runs and not d.actions:
+            continue  # nothing asked for, nothing open: nothing to do
+        given = d.given_drug if open_runs else None
         for key, run in open_runs.items():
             if given == key[1] and "given_at" not in run:
                 run["given_at"] = format_time(d.at)

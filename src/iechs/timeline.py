@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import cattrs
+import msgspec
 from cattrs.gen import make_dict_structure_fn
 
 from .errors import Problem, TimelineError, structuring_problems, unknown_name
@@ -168,7 +170,28 @@ def parse_time(value: Any) -> datetime:
 
 
 def format_time(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """`t` in UTC as `2026-01-05T11:00:00Z` (whole seconds), exactly as
+    `t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")` writes it, only faster: it is on the
+    engine's hot path. A plain `datetime` in UTC (every parsed time) is formatted once by
+    `isoformat` and remembered; anything else (a subclass) goes through `strftime`."""
+    if type(t) is datetime:
+        if t.tzinfo is not UTC:
+            t = t.astimezone(UTC)  # as before: another zone converted, a naive time as local
+        text = _FORMATTED.get(t)
+        if text is None:
+            # `strftime`'s `%Y` is not padded to 4 digits below year 1000 (on glibc): keep it
+            text = t.isoformat()[:19] + "Z" if t.year >= 1000 else t.strftime(_TIME_FORMAT)
+            if len(_FORMATTED) >= _FORMATTED_MAX:
+                _FORMATTED.clear()
+            _FORMATTED[t] = text
+        return text
+    return t.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+#: UTC times already formatted (equal times, equal text); cleared when full, so bounded.
+_FORMATTED: dict[datetime, str] = {}
+_FORMATTED_MAX = 1 << 15
 
 
 def _shown(value: Any) -> str:
@@ -402,17 +425,123 @@ def canonical_order(events: Sequence[Event], g: Guideline) -> list[int]:
     immunosuppression they go alongside), then by content."""
     sequence = g.order_sets.sequence if g.order_sets is not None else ()
     rank = {cls: i for i, cls in enumerate(sequence)}
+    last = len(rank)
 
-    def key(i: int) -> tuple[Any, ...]:
-        ev = events[i]
-        cls_rank = len(rank)
-        if isinstance(ev, TreatmentEvent):
-            cls = g.drug_class_of(ev.drug)
-            cls_rank = rank.get(cls, len(rank)) if cls is not None else len(rank)
-        content = json.dumps(event_to_json(ev), sort_keys=True)
-        return (ev.at, _KIND_RANK[ev.kind], cls_rank, content)
+    def drug_rank(drug: str) -> int:
+        cls = g.drug_class_of(drug)
+        return rank.get(cls, last) if cls is not None else last
 
-    return sorted(range(len(events)), key=key)
+    quick = _order_by_code(events, drug_rank, last)
+    if quick is not None:
+        return quick
+    # Sorted by (time, kind, drug class), then by content: the content is made only for events
+    # tied on the rest, and sorting each run of ties by it gives the order that sorting by the
+    # whole key would (both sorts are stable).
+    keys = [
+        (ev.at, _KIND_RANK[ev.kind], drug_rank(ev.drug) if isinstance(ev, TreatmentEvent) else last)
+        for ev in events
+    ]
+    order = sorted(range(len(events)), key=keys.__getitem__)
+    out: list[int] = []
+    for _, run in groupby(order, key=keys.__getitem__):
+        tied = list(run)
+        out += tied if len(tied) == 1 else _by_content([events[i] for i in tied], tied)
+    return out
+
+
+def _order_by_code(
+    events: Sequence[Event], drug_rank: Callable[[str], int], last: int
+) -> list[int] | None:
+    """`canonical_order` in one sort, for the usual events: each tied on (time, kind, drug class)
+    with none, or only with observations (or only with findings) of distinct codes, whose order
+    by content is the order of their codes' JSON texts (`_by_content` tells why). None when the
+    events are not all such (then `canonical_order` sorts the ties by their content)."""
+    keys: list[tuple[Any, ...]] = []
+    kinds: dict[tuple[Any, ...], Any] = {}  # each (time, kind, class) and what is in it
+    for i, ev in enumerate(events):
+        cls = type(ev)
+        rank = (
+            ev.at,
+            _KIND_RANK[ev.kind],
+            drug_rank(ev.drug) if isinstance(ev, TreatmentEvent) else last,
+        )
+        if (cls is ObservationEvent or cls is FindingEvent) and type(ev.at) is datetime:
+            code = ev.code  # type: ignore[union-attr]  # both classes have one
+            if type(code) is str:
+                if kinds.setdefault(rank, cls) is not cls:
+                    return None  # tied with an event of another kind
+                keys.append((*rank, _json_text(code)))
+                continue
+        if kinds.setdefault(rank, i) is not i:
+            return None  # tied with another event
+        keys.append((*rank, ""))
+    if len(set(keys)) < len(keys):
+        return None  # two of one code at one time
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+def _by_content(tied: list[Event], indexes: list[int]) -> list[int]:
+    """`indexes` (of the events `tied`: one time, one kind) sorted by the events' content, the
+    JSON text `json.dumps(event_to_json(ev), sort_keys=True)`.
+
+    Observations or findings with distinct codes (the usual tie: labs drawn together) are sorted
+    by their codes' JSON text, without making the content: each content is `{"at": "<the same
+    time>", "code": ` then the code's JSON text then more, and no code's JSON text is the start
+    of another's (each ends at its closing quote, which is never the next character of another
+    text: a quote inside is escaped), so the first difference of two contents is within their
+    codes' texts."""
+    cls = type(tied[0])
+    if cls is ObservationEvent or cls is FindingEvent:
+        texts: list[str] = []
+        for ev in tied:
+            if type(ev) is not cls or type(ev.at) is not datetime:
+                break
+            code = ev.code  # both classes have one
+            if type(code) is not str:
+                break
+            texts.append(_json_text(code))
+        else:
+            if len(set(texts)) == len(texts):  # distinct codes, distinct texts
+                return [i for _, i in sorted(zip(texts, indexes, strict=True))]
+    contents = [_content(ev) for ev in tied]
+    return [i for _, i in sorted(zip(contents, indexes, strict=True))]
+
+
+def _content(ev: Event) -> str:
+    """`json.dumps(event_to_json(ev), sort_keys=True)`, the same text made without the dict
+    and the encoder's set-up for the values an event holds (text, time, number, true/false);
+    any other value is left to `json.dumps`."""
+    cls = type(ev)
+    fields = _SORTED_FIELDS.get(cls)
+    if fields is None:
+        names = sorted(field.name for field in attrs.fields(cls))
+        fields = _SORTED_FIELDS[cls] = tuple((name, f"{_json_text(name)}: ") for name in names)
+    parts = []
+    for name, prefix in fields:
+        value = getattr(ev, name)
+        if value is None:
+            continue
+        kind = type(value)
+        if kind is str:
+            text = _json_text(value)
+        elif kind is datetime:
+            text = _json_text(format_time(value))
+        elif kind is float and math.isfinite(value):
+            text = float.__repr__(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif kind is bool:
+            text = "true" if value else "false"
+        else:
+            return json.dumps(event_to_json(ev), sort_keys=True)
+        parts.append(prefix + text)
+    return "{" + ", ".join(parts) + "}"
+
+
+#: `json.dumps`' own escaping of a text (ASCII only), with its quotes.
+_json_text: Any = json.encoder.encode_basestring_ascii
+#: each event class's fields in key order, each with its `"name": ` as `json.dumps` writes it.
+_SORTED_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
 
 
 def _check_patient(p: Patient, g: Guideline, problems: list[Problem]) -> Patient:
@@ -449,6 +578,9 @@ def load_timeline(path: str | Path, g: Guideline) -> Timeline:
         raise TimelineError([Problem(f"cannot read the file: {exc.strerror}")], shown) from None
     except UnicodeDecodeError as exc:
         raise TimelineError([Problem(f"not UTF-8 text ({exc.reason})")], shown) from None
+    timeline = fast_timeline(text, g, shown)  # a valid native timeline: the same, faster
+    if timeline is not None:
+        return timeline
     from .jsonio import loads  # noqa: PLC0415 - one bounded JSON reader for every door
 
     data = loads(text, shown, TimelineError)
@@ -461,13 +593,20 @@ def load_timeline(path: str | Path, g: Guideline) -> Timeline:
 
 def event_to_json(ev: Event) -> dict[str, Any]:
     """The canonical JSON form of an event (timestamps in UTC, no null fields)."""
+    cls = type(ev)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(field.name for field in attrs.fields(cls))
     out: dict[str, Any] = {}
-    for field in attrs.fields(type(ev)):
-        value = getattr(ev, field.name)
-        if value is None:
-            continue
-        out[field.name] = format_time(value) if isinstance(value, datetime) else value
+    for name in names:
+        value = getattr(ev, name)
+        if value is not None:
+            out[name] = format_time(value) if isinstance(value, datetime) else value
     return out
+
+
+#: the field names of each event class, in order (what `attrs.fields` gives, looked up once).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def patient_to_json(p: Patient) -> dict[str, Any]:
@@ -490,3 +629,366 @@ def parse_patient(data: Any, g: Guideline, file: str | None = None) -> Patient:
     if problems:
         raise TimelineError(problems, file)
     return patient
+
+
+# --- the fast path: a valid native timeline, parsed by msgspec ------------------------------------
+#
+# `fast_timeline` decodes the JSON text straight into the typed structs below (msgspec: compiled
+# JSON decoding and type checking in one pass), then checks the values as `parse_timeline` does.
+# It gives the Timeline `parse_timeline` would, or None for anything it is not sure of, so that
+# the caller takes the slow path (`jsonio.loads`, then `parse_timeline`) and gives today's exact
+# message. It accepts only what the slow path accepts:
+#
+# - the structs accept only the shape and types cattrs accepts (no unknown key, no null for a
+#   required field, no bool for a number, a float for no whole number, a `kind` of the six);
+# - JSON bounds (`jsonio`): nesting is that of the structs (4 levels); msgspec refuses NaN,
+#   Infinity, a number out of a float's range and a lone surrogate; an integer of more than
+#   `MAX_INT_DIGITS` digits is at least 1e40, refused by `_BIG` here;
+# - duplicate keys: the last one wins in both (as `json.loads` does);
+# - every check of `check_event` and `_check_patient` is made here with the same helpers, and
+#   any problem gives None (the slow path then names it).
+
+_BIG = 1e39  # a number at least this large may be an integer beyond `jsonio.MAX_INT_DIGITS`
+
+
+class _FastProduct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    name: str | None = None
+    target: str | None = None
+    costimulatory_domain: str | None = None
+
+
+class _FastMeasurement(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    value: float
+    unit: str
+
+
+class _FastPatient(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    id: str
+    infusion_at: str
+    age_years: float | None = None
+    weight_kg: float | None = None
+    product: _FastProduct | None = None
+    risk_factors: tuple[str, ...] = ()
+    baseline: dict[str, _FastMeasurement] = msgspec.field(default_factory=dict)
+
+
+class _FastEvent(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False, tag_field="kind"
+):
+    at: str
+
+
+class _FastObservation(_FastEvent, tag="observation", kw_only=True):
+    code: str | None = None
+    loinc: str | None = None
+    value: float
+    unit: str
+
+
+class _FastAssessment(_FastEvent, tag="assessment", kw_only=True):
+    crs_grade: int | None = None
+    icans_grade: int | None = None
+    infection: Infection | None = None
+    antimicrobials: bool | None = None
+
+
+class _FastFinding(_FastEvent, tag="finding", kw_only=True):
+    code: str
+    present: bool
+    grade: int | None = None
+
+
+class _FastTreatment(_FastEvent, tag="treatment", kw_only=True):
+    drug: str
+    dose: float | None = None
+    unit: str | None = None
+    route: str | None = None
+    indication: Indication | None = None
+
+
+class _FastResponse(_FastEvent, tag="response", kw_only=True):
+    assessment: ResponseKind
+
+
+class _FastClose(_FastEvent, tag="close", kw_only=True):
+    reason: CloseReason
+
+
+class _FastTimeline(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    patient: _FastPatient
+    events: list[
+        _FastObservation
+        | _FastAssessment
+        | _FastFinding
+        | _FastTreatment
+        | _FastResponse
+        | _FastClose
+    ]
+
+
+_DECODER = msgspec.json.Decoder(_FastTimeline)
+
+
+class _DeclinedError(Exception):
+    """The fast path is not sure: the slow path takes the input."""
+
+
+#: parsed timestamps, dose units and routes (each a pure function of its text); bounded.
+_TIMES: dict[str, datetime] = {}
+_DOSE_UNITS: dict[str, bool] = {}
+_ROUTES: dict[str, bool] = {}
+_MEMO_MAX = 1 << 15
+
+
+def _time(text: str) -> datetime:
+    t = _TIMES.get(text)
+    if t is None:
+        t = parse_time(text)  # a ValueError declines
+        if len(_TIMES) >= _MEMO_MAX:
+            _TIMES.clear()
+        _TIMES[text] = t
+    return t
+
+
+def _memo(cache: dict[str, bool], text: str, good: Any) -> bool:
+    ok = cache.get(text)
+    if ok is None:
+        ok = bool(good(text))
+        if len(cache) >= _MEMO_MAX:
+            cache.clear()
+        cache[text] = ok
+    return ok
+
+
+def _good_dose_unit(unit: str) -> bool:
+    return dose_unit_problem(unit) is None
+
+
+def _good_route(route: str) -> bool:
+    return route_code(route) is not None
+
+
+class _Vocabulary:
+    """What the fast path looks up in one guideline."""
+
+    def __init__(self, g: Guideline) -> None:
+        self.g = g
+        self.loinc: dict[str, str] = {}
+        for code, obs in g.observations.items():  # the first observation listing a LOINC code
+            for loinc in obs.loinc:
+                self.loinc.setdefault(loinc, code)
+
+
+_VOCABULARIES: dict[int, _Vocabulary] = {}
+
+
+def _vocabulary(g: Guideline) -> _Vocabulary:
+    v = _VOCABULARIES.get(id(g))
+    if v is None or v.g is not g:
+        if len(_VOCABULARIES) >= 8:
+            _VOCABULARIES.clear()
+        v = _VOCABULARIES[id(g)] = _Vocabulary(g)
+    return v
+
+
+def _measurement(code: str, value: float, unit: str, g: Guideline) -> Measurement:
+    if not -_BIG < value < _BIG:
+        raise _DeclinedError
+    scratch: list[Problem] = []
+    measured = _canonical_value(code, value, unit, g=g, path="$", problems=scratch)
+    if measured is None:
+        raise _DeclinedError
+    return measured
+
+
+def _fast_patient(p: _FastPatient, g: Guideline) -> Patient:
+    if not p.id.strip():
+        raise _DeclinedError
+    if p.age_years is not None and not 0 <= p.age_years <= 120:
+        raise _DeclinedError
+    if p.weight_kg is not None and not 0.3 <= p.weight_kg <= 400:
+        raise _DeclinedError
+    for rf in p.risk_factors:
+        if rf not in g.risk_factors:
+            raise _DeclinedError
+    baseline = {
+        code: _measurement(code, meas.value, meas.unit, g) for code, meas in p.baseline.items()
+    }
+    product = p.product
+    return Patient(
+        id=p.id,
+        infusion_at=_time(p.infusion_at),
+        age_years=p.age_years,
+        weight_kg=p.weight_kg,
+        product=None
+        if product is None
+        else Product(
+            name=product.name,
+            target=product.target,
+            costimulatory_domain=product.costimulatory_domain,
+        ),
+        risk_factors=p.risk_factors,
+        baseline=baseline,
+    )
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """The slot setters of the fields `names` of `cls` (all of them, in order), when its attrs
+    `__init__` does nothing but set them (no validator, converter, pre- or post-init): then an
+    object made by `object.__new__` and these setters is the very one `cls(...)` makes, made
+    faster (a frozen class's `__init__` sets each field through `object.__setattr__`)."""
+    fields = attrs.fields(cls)
+    if tuple(f.name for f in fields) != names or "__slots__" not in cls.__dict__:
+        return None
+    if any(f.validator is not None or f.converter is not None for f in fields):
+        return None
+    if hasattr(cls, "__attrs_post_init__") or hasattr(cls, "__attrs_pre_init__"):
+        return None
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+def _observation_maker() -> Any:
+    setters = _slot_setters(ObservationEvent, ("at", "kind", "code", "loinc", "value", "unit"))
+    if setters is None:  # pragma: no cover - the class changed: its own __init__, then
+
+        def made(at: datetime, code: str, loinc: str | None, value: float, unit: str) -> Any:
+            return ObservationEvent(at=at, code=code, loinc=loinc, value=value, unit=unit)
+
+        return made
+    s_at, s_kind, s_code, s_loinc, s_value, s_unit = setters
+    new = object.__new__
+
+    def make(at: datetime, code: str, loinc: str | None, value: float, unit: str) -> Any:
+        ev = new(ObservationEvent)
+        s_at(ev, at)
+        s_kind(ev, "observation")
+        s_code(ev, code)
+        s_loinc(ev, loinc)
+        s_value(ev, value)
+        s_unit(ev, unit)
+        return ev
+
+    return make
+
+
+def _assessment_maker() -> Any:
+    names = ("at", "kind", "crs_grade", "icans_grade", "infection", "antimicrobials")
+    setters = _slot_setters(AssessmentEvent, names)
+    if setters is None:  # pragma: no cover - the class changed: its own __init__, then
+
+        def made(at: datetime, crs: Any, icans: Any, infection: Any, antimicrobials: Any) -> Any:
+            return AssessmentEvent(
+                at=at,
+                crs_grade=crs,
+                icans_grade=icans,
+                infection=infection,
+                antimicrobials=antimicrobials,
+            )
+
+        return made
+    s_at, s_kind, s_crs, s_icans, s_infection, s_antimicrobials = setters
+    new = object.__new__
+
+    def make(at: datetime, crs: Any, icans: Any, infection: Any, antimicrobials: Any) -> Any:
+        ev = new(AssessmentEvent)
+        s_at(ev, at)
+        s_kind(ev, "assessment")
+        s_crs(ev, crs)
+        s_icans(ev, icans)
+        s_infection(ev, infection)
+        s_antimicrobials(ev, antimicrobials)
+        return ev
+
+    return make
+
+
+#: `ObservationEvent(at=, code=, loinc=, value=, unit=)` and `AssessmentEvent(at=, crs_grade=,
+#: icans_grade=, infection=, antimicrobials=)`, by position: the same objects, made faster.
+_observation = _observation_maker()
+_assessment = _assessment_maker()
+
+
+def _fast_event(e: Any, g: Guideline, v: _Vocabulary) -> Event:
+    at = _time(e.at)
+    kind = type(e)
+    if kind is _FastObservation:
+        code = e.code
+        if code is None:
+            if e.loinc is None:
+                raise _DeclinedError
+            code = v.loinc.get(e.loinc)
+            if code is None:
+                raise _DeclinedError
+        # `_canonical_value`, inlined: the unit as the table spells it, else `unit_factor`
+        obs = g.observations.get(code)
+        value = e.value
+        if obs is None or not 0 <= value < _BIG:
+            raise _DeclinedError
+        factor = obs.units.get(e.unit)
+        if factor is None:
+            factor = unit_factor(e.unit, obs.units, canonical=obs.unit)
+            if factor is None:
+                raise _DeclinedError
+        canonical = value * factor
+        lo, hi = obs.plausible
+        if not lo <= canonical <= hi:
+            raise _DeclinedError
+        observation: ObservationEvent = _observation(
+            at, code, e.loinc, round(canonical, 6), obs.unit
+        )
+        return observation
+    if kind is _FastAssessment:
+        crs, icans = e.crs_grade, e.icans_grade
+        if (crs is not None and not 0 <= crs <= 4) or (icans is not None and not 0 <= icans <= 4):
+            raise _DeclinedError
+        if crs is None and icans is None and e.infection is None and e.antimicrobials is None:
+            raise _DeclinedError
+        assessment: AssessmentEvent = _assessment(at, crs, icans, e.infection, e.antimicrobials)
+        return assessment
+    if kind is _FastFinding:
+        if e.code not in g.findings or (e.grade is not None and not 1 <= e.grade <= 5):
+            raise _DeclinedError
+        return FindingEvent(at=at, code=e.code, present=e.present, grade=e.grade)
+    if kind is _FastTreatment:
+        drug = e.drug.strip().lower()
+        dose, unit, route = e.dose, e.unit, e.route
+        if not drug or (dose is not None and not 0 < dose < _BIG):
+            raise _DeclinedError
+        if unit is not None:
+            if not _memo(_DOSE_UNITS, unit, _good_dose_unit):
+                raise _DeclinedError
+        elif dose is not None:
+            raise _DeclinedError
+        if route is not None and not _memo(_ROUTES, route, _good_route):
+            raise _DeclinedError
+        return TreatmentEvent(
+            at=at, drug=drug, dose=dose, unit=unit, route=route, indication=e.indication
+        )
+    if kind is _FastResponse:
+        return ResponseEvent(at=at, assessment=e.assessment)
+    if kind is _FastClose:
+        return CloseEvent(at=at, reason=e.reason)
+    raise _DeclinedError  # pragma: no cover - the decoder gives only the kinds above
+
+
+def fast_timeline(text: str | bytes, g: Guideline, file: str | None = None) -> Timeline | None:
+    """The Timeline of a JSON text that is a valid native timeline, the very one that
+    `parse_timeline(jsonio.loads(text))` gives; None for anything else (not JSON, beyond the
+    bounds, a FHIR Bundle, any problem at all): the caller then takes that slow path, which
+    names the problem."""
+    try:
+        raw = _DECODER.decode(text)
+        vocabulary = _vocabulary(g)
+        patient = _fast_patient(raw.patient, g)
+        events = [_fast_event(e, g, vocabulary) for e in raw.events]
+    except Exception:  # declined, not JSON, beyond a bound, a bad time: all for the slow path
+        return None
+    infusion = patient.infusion_at
+    if any(
+        isinstance(ev, CloseEvent) and ev.reason == "death" and ev.at < infusion for ev in events
+    ):
+        return None
+    order = canonical_order(events, g)
+    return Timeline(
+        patient=patient, events=tuple(events[i] for i in order), positions=tuple(order), file=file
+    )
