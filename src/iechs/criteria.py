@@ -280,9 +280,9 @@ class CriteriaPlan:
         self.readers: dict[str, Callable[[Evaluation], tuple[Tri, Any]]] = {}
         children: dict[str, list[tuple[str, Callable[[Evaluation], tuple[Tri, Any]]]]] = {}
         for name, n in self.nodes.items():
-            if n.kind in _SHORT_CIRCUIT:  # reads its children's readers directly
+            if n.kind in _DECISIVE:  # reads its children's readers directly
                 children[name] = []
-                self.readers[name] = partial(_SHORT_CIRCUIT[n.kind], children[name])
+                self.readers[name] = partial(_read_kleene, _DECISIVE[n.kind], children[name])
             else:
                 self.readers[name] = partial(_READ[n.kind], n)
         for name, kids in children.items():
@@ -824,35 +824,21 @@ def _duration(
 
 
 Kids = list[tuple[str, Callable[[Evaluation], tuple[Tri, Any]]]]
+#: the child value that decides each short-circuiting combinator.
+_DECISIVE = {"all_of": _F, "any_of": _T}
 
 
-def _read_all(kids: Kids, ev: Evaluation) -> tuple[Tri, Any]:
+def _read_kleene(decisive: Tri, kids: Kids, ev: Evaluation) -> tuple[Tri, Any]:
     values, payloads = ev.values, ev._payload
-    result, k = _T, 0
+    result, k = decisive.negate(), 0
     for child, read in kids:
         v = values.get(child)
         if v is None:
             v, payloads[child] = read(ev)
             values[child] = v
         k += 1
-        if v is _F:
-            return _F, k
-        if v is _U:
-            result = _U
-    return result, k
-
-
-def _read_any(kids: Kids, ev: Evaluation) -> tuple[Tri, Any]:
-    values, payloads = ev.values, ev._payload
-    result, k = _F, 0
-    for child, read in kids:
-        v = values.get(child)
-        if v is None:
-            v, payloads[child] = read(ev)
-            values[child] = v
-        k += 1
-        if v is _T:
-            return _T, k
+        if v is decisive:
+            return v, k
         if v is _U:
             result = _U
     return result, k
@@ -881,15 +867,8 @@ def _combine(ev: Evaluation, n: _Node, value: Tri, k: Any) -> Verdict:
         op = "not"
     else:
         op = f"at least {n.spec.at_least} of"
-    missing: tuple[str, ...] = ()
-    if value is _U:
-        found: list[str] = []
-        for child in evaluated:
-            if ev.values[child] is _U:
-                found.extend(x for x in ev.verdict(child).missing if x not in found)
-        missing = tuple(found)
     values = tuple(ev.values[c] for c in evaluated)
-    return Verdict(n.name, value, op, (), missing, n.children, values)
+    return Verdict(n.name, value, op, (), ev.missing(n.name), n.children, values)
 
 
 Reader = Callable[[_Node, Evaluation], tuple[Tri, Any]]
@@ -897,7 +876,7 @@ Explainer = Callable[[Evaluation, _Node, Tri, Any], Verdict]
 
 _ON_LINE = _duration("line_started_at", "on the current line", "hours_on_line")
 _SINCE_INFUSION = _duration("infusion_at", "since infusion", "hours_since_infusion")
-_KINDS: dict[str, tuple[Reader, Explainer]] = {
+_KINDS: dict[str, tuple[Reader | None, Explainer]] = {
     "threshold": (_read_threshold, _threshold),
     "ratio": (_read_ratio, _ratio),
     "trend": (_read_trend, _trend),
@@ -910,14 +889,10 @@ _KINDS: dict[str, tuple[Reader, Explainer]] = {
     "risk": (_read_risk, _risk),
     "time_on_line": _ON_LINE,
     "time_since_infusion": _SINCE_INFUSION,
-    "all_of": (_read_all, _combine),  # type: ignore[dict-item]
-    "any_of": (_read_any, _combine),  # type: ignore[dict-item]
+    "all_of": (None, _combine),  # `_read_kleene`, bound to its children's readers
+    "any_of": (None, _combine),
     "not_": (_read_not, _combine),
     "count_of": (_read_count, _combine),
 }
-_READ: dict[str, Reader] = {kind: pair[0] for kind, pair in _KINDS.items()}
-_SHORT_CIRCUIT: dict[str, Callable[[Kids, Evaluation], tuple[Tri, Any]]] = {
-    "all_of": _read_all,
-    "any_of": _read_any,
-}
+_READ: dict[str, Reader] = {kind: r for kind, (r, _) in _KINDS.items() if r is not None}
 _EXPLAIN: dict[str, Explainer] = {kind: pair[1] for kind, pair in _KINDS.items()}
