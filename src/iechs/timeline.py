@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
@@ -431,9 +431,6 @@ def canonical_order(events: Sequence[Event], g: Guideline) -> list[int]:
         cls = g.drug_class_of(drug)
         return rank.get(cls, last) if cls is not None else last
 
-    quick = _order_by_code(events, drug_rank, last)
-    if quick is not None:
-        return quick
     # Sorted by (time, kind, drug class), then by content: the content is made only for events
     # tied on the rest, and sorting each run of ties by it gives the order that sorting by the
     # whole key would (both sorts are stable).
@@ -447,37 +444,6 @@ def canonical_order(events: Sequence[Event], g: Guideline) -> list[int]:
         tied = list(run)
         out += tied if len(tied) == 1 else _by_content([events[i] for i in tied], tied)
     return out
-
-
-def _order_by_code(
-    events: Sequence[Event], drug_rank: Callable[[str], int], last: int
-) -> list[int] | None:
-    """`canonical_order` in one sort, for the usual events: each tied on (time, kind, drug class)
-    with none, or only with observations (or only with findings) of distinct codes, whose order
-    by content is the order of their codes' JSON texts (`_by_content` tells why). None when the
-    events are not all such (then `canonical_order` sorts the ties by their content)."""
-    keys: list[tuple[Any, ...]] = []
-    kinds: dict[tuple[Any, ...], Any] = {}  # each (time, kind, class) and what is in it
-    for i, ev in enumerate(events):
-        cls = type(ev)
-        rank = (
-            ev.at,
-            _KIND_RANK[ev.kind],
-            drug_rank(ev.drug) if isinstance(ev, TreatmentEvent) else last,
-        )
-        if (cls is ObservationEvent or cls is FindingEvent) and type(ev.at) is datetime:
-            code = ev.code  # type: ignore[union-attr]  # both classes have one
-            if type(code) is str:
-                if kinds.setdefault(rank, cls) is not cls:
-                    return None  # tied with an event of another kind
-                keys.append((*rank, _json_text(code)))
-                continue
-        if kinds.setdefault(rank, i) is not i:
-            return None  # tied with another event
-        keys.append((*rank, ""))
-    if len(set(keys)) < len(keys):
-        return None  # two of one code at one time
-    return sorted(range(len(keys)), key=keys.__getitem__)
 
 
 def _by_content(tied: list[Event], indexes: list[int]) -> list[int]:
@@ -503,45 +469,12 @@ def _by_content(tied: list[Event], indexes: list[int]) -> list[int]:
         else:
             if len(set(texts)) == len(texts):  # distinct codes, distinct texts
                 return [i for _, i in sorted(zip(texts, indexes, strict=True))]
-    contents = [_content(ev) for ev in tied]
+    contents = [json.dumps(event_to_json(ev), sort_keys=True) for ev in tied]
     return [i for _, i in sorted(zip(contents, indexes, strict=True))]
-
-
-def _content(ev: Event) -> str:
-    """`json.dumps(event_to_json(ev), sort_keys=True)`, the same text made without the dict
-    and the encoder's set-up for the values an event holds (text, time, number, true/false);
-    any other value is left to `json.dumps`."""
-    cls = type(ev)
-    fields = _SORTED_FIELDS.get(cls)
-    if fields is None:
-        names = sorted(field.name for field in attrs.fields(cls))
-        fields = _SORTED_FIELDS[cls] = tuple((name, f"{_json_text(name)}: ") for name in names)
-    parts = []
-    for name, prefix in fields:
-        value = getattr(ev, name)
-        if value is None:
-            continue
-        kind = type(value)
-        if kind is str:
-            text = _json_text(value)
-        elif kind is datetime:
-            text = _json_text(format_time(value))
-        elif kind is float and math.isfinite(value):
-            text = float.__repr__(value)
-        elif kind is int:
-            text = int.__repr__(value)
-        elif kind is bool:
-            text = "true" if value else "false"
-        else:
-            return json.dumps(event_to_json(ev), sort_keys=True)
-        parts.append(prefix + text)
-    return "{" + ", ".join(parts) + "}"
 
 
 #: `json.dumps`' own escaping of a text (ASCII only), with its quotes.
 _json_text: Any = json.encoder.encode_basestring_ascii
-#: each event class's fields in key order, each with its `"name": ` as `json.dumps` writes it.
-_SORTED_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
 
 
 def _check_patient(p: Patient, g: Guideline, problems: list[Problem]) -> Patient:
