@@ -77,9 +77,15 @@ def state_card(client: httpx.Client) -> str:
 
 
 def give_feedback(client: httpx.Client, card: str, comments: list[str]) -> list[int]:
-    response = client.post(
-        f"{S.PATIENT_VIEW}/feedback", json={"feedback": [overridden(card, c) for c in comments]}
-    )
+    """Post feedback as a client does: a 409 that says the episode kept changing while the
+    service retried (other processes writing it at the same moment) is posted again."""
+    for _ in range(20):
+        response = client.post(
+            f"{S.PATIENT_VIEW}/feedback",
+            json={"feedback": [overridden(card, c) for c in comments]},
+        )
+        if not (response.status_code == 409 and "kept changing" in response.text):
+            break
     assert response.status_code == 200, response.text
     return [int(item["seq"]) for item in response.json()["recorded"]]
 
