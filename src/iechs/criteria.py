@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, overload
 import attrs
 
 from . import model as m
+from .criteria_codegen import compile_combinations
 from .timeline import Patient, format_time
 
 __all__ = [
@@ -268,7 +269,7 @@ class _Node:
 class CriteriaPlan:
     """The guideline's criteria, compiled once and shared by every episode of an engine."""
 
-    def __init__(self, g: m.Guideline) -> None:
+    def __init__(self, g: m.Guideline, *, compiled: bool = True) -> None:
         self.g = g
         p = g.parameters.get("lab_validity_hours")
         self.default_validity = p.value if p is not None else float("inf")
@@ -277,14 +278,20 @@ class CriteriaPlan:
         self.continuity = c.value if c is not None else 0.0  # no parameter: every dose alone
         self.nodes = {name: self._compile(name, c) for name, c in g.criteria.items()}
         #: each criterion's reader, bound to its node (the hot path of `Evaluation.value`).
-        self.readers: dict[str, Callable[[Evaluation], tuple[Tri, Any]]] = {}
+        self.readers: dict[str, Callable[[Evaluation], tuple[Tri, Any]]] = {
+            name: partial(_READ[n.kind], n) for name, n in self.nodes.items() if n.kind in _READ
+        }
+        if compiled:  # combinations compiled to source, their children written out in line
+            self.readers.update(compile_combinations(self.nodes, self.readers, (_T, _F, _U)))
+            return
+        # Interpreted (the reference the compiled readers are tested against).
         children: dict[str, list[tuple[str, Callable[[Evaluation], tuple[Tri, Any]]]]] = {}
         for name, n in self.nodes.items():
             if n.kind in _DECISIVE:  # reads its children's readers directly
                 children[name] = []
-                self.readers[name] = partial(_read_kleene, _DECISIVE[n.kind], children[name])
-            else:
-                self.readers[name] = partial(_READ[n.kind], n)
+                self.readers[name] = partial(
+                    _read_kleene, _DECISIVE[n.kind], _DECISIVE[n.kind].negate(), children[name]
+                )
         for name, kids in children.items():
             kids.extend((c, self.readers[c]) for c in self.nodes[name].children)
 
@@ -368,8 +375,10 @@ class Evaluation:
         facts: Facts,
         line_start: datetime | None = None,
     ) -> None:
-        self.plan = plan if isinstance(plan, CriteriaPlan) else CriteriaPlan(plan)
-        self.g = self.plan.g
+        if type(plan) is not CriteriaPlan:
+            plan = plan if isinstance(plan, CriteriaPlan) else CriteriaPlan(plan)
+        self.plan = plan
+        self.g = plan.g
         self.facts = facts
         #: when the current line started (default: the facts'); a route's later hop reads the
         #: criteria as they will be once its line has started.
@@ -378,9 +387,10 @@ class Evaluation:
         #: before the criteria that combine them).
         self.values: dict[str, Tri] = {}
         self._payload: dict[str, Any] = {}
-        self._verdicts: dict[str, Verdict] = {}
-        self._read = self.plan.readers
-        self._missing: dict[str, tuple[str, ...]] = {}
+        self._read = plan.readers
+        #: explanations and missing lists, made when first asked for.
+        self._verdicts: dict[str, Verdict] | None = None
+        self._missing: dict[str, tuple[str, ...]] | None = None
 
     def value(self, name: str) -> Tri:
         v = self.values.get(name)
@@ -394,9 +404,13 @@ class Evaluation:
         building the explanation)."""
         if self.values[name] is not _U:
             return ()
-        found = self._missing.get(name)
-        if found is not None:
-            return found
+        memo = self._missing
+        if memo is None:
+            memo = self._missing = {}
+        else:
+            found = memo.get(name)
+            if found is not None:
+                return found
         node = self.plan.nodes[name]
         if node.children:
             items: list[str] = []
@@ -406,9 +420,8 @@ class Evaluation:
                     items.extend(x for x in self.missing(child) if x not in items)
             found = tuple(items)
         else:
-            v = self._verdicts.get(name)
-            found = (v if v is not None else self.verdict(name)).missing
-        self._missing[name] = found
+            found = self.verdict(name).missing
+        memo[name] = found
         return found
 
     def __call__(self, name: str) -> Verdict:
@@ -417,11 +430,14 @@ class Evaluation:
 
     def verdict(self, name: str) -> Verdict:
         """The explanation of a criterion already evaluated."""
-        v = self._verdicts.get(name)
+        memo = self._verdicts
+        if memo is None:
+            memo = self._verdicts = {}
+        v = memo.get(name)
         if v is None:
             node = self.plan.nodes[name]
             v = _EXPLAIN[node.kind](self, node, self.values[name], self._payload[name])
-            self._verdicts[name] = v
+            memo[name] = v
         return v
 
     @property
@@ -828,9 +844,9 @@ Kids = list[tuple[str, Callable[[Evaluation], tuple[Tri, Any]]]]
 _DECISIVE = {"all_of": _F, "any_of": _T}
 
 
-def _read_kleene(decisive: Tri, kids: Kids, ev: Evaluation) -> tuple[Tri, Any]:
+def _read_kleene(decisive: Tri, result: Tri, kids: Kids, ev: Evaluation) -> tuple[Tri, Any]:
     values, payloads = ev.values, ev._payload
-    result, k = decisive.negate(), 0
+    k = 0
     for child, read in kids:
         v = values.get(child)
         if v is None:
@@ -889,7 +905,7 @@ _KINDS: dict[str, tuple[Reader | None, Explainer]] = {
     "risk": (_read_risk, _risk),
     "time_on_line": _ON_LINE,
     "time_since_infusion": _SINCE_INFUSION,
-    "all_of": (None, _combine),  # `_read_kleene`, bound to its children's readers
+    "all_of": (None, _combine),  # compiled, or `_read_kleene` bound to its children's readers
     "any_of": (None, _combine),
     "not_": (_read_not, _combine),
     "count_of": (_read_count, _combine),

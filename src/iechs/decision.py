@@ -21,6 +21,7 @@ __all__ = [
     "Decision",
     "Deviation",
     "GuardResult",
+    "make_decision",
     "run_to_json",
     "state_entries",
 ]
@@ -266,6 +267,54 @@ class Decision:
         if self.later:
             out["later"] = list(self.later)
         return out
+
+
+_new_decision = object.__new__
+
+
+def make_decision(  # noqa: PLR0917 - positional on purpose: the hot path
+    step: int,
+    at: datetime,
+    event: Any,
+    source: str | None,
+    target: str,
+    machine_event: str | None,
+    transition_label: str | None,
+    transition_cite: tuple[str, ...],
+    inferred: dict[str, str] | None,
+    guards: tuple[GuardResult, ...],
+    criteria: Sequence[Verdict],
+    recommendations: tuple[Recommendation, ...],
+    alerts: tuple[Alert, ...],
+    deviations: tuple[Deviation, ...],
+    via: tuple[str, ...],
+    actions: tuple[Action, ...],
+    notes: tuple[str, ...],
+    later: tuple[Any, ...],
+) -> Decision:
+    """`Decision(...)` from positional arguments, every field given: the engine's hot path
+    (a keyword `__init__` with defaults costs twice as much). `tests/test_engine_fastpaths.py`
+    holds it equal to the keyword form, field by field."""
+    d: Decision = _new_decision(Decision)
+    d.step = step
+    d.at = at
+    d._event = event
+    d.source = source
+    d.target = target
+    d.machine_event = machine_event
+    d.transition_label = transition_label
+    d.transition_cite = transition_cite
+    d.inferred = inferred
+    d.guards = guards
+    d.criteria = criteria
+    d.recommendations = recommendations
+    d.alerts = alerts
+    d.deviations = deviations
+    d.via = via
+    d.actions = actions
+    d.notes = notes
+    d._later = later
+    return d
 
 
 def state_entries(decisions: Sequence[Decision]) -> list[tuple[str, datetime]]:

@@ -34,7 +34,7 @@ import attrs
 
 from .compiler import CompiledGuideline, TransitionRef, compile_guideline, transition_refs
 from .criteria import CriteriaPlan, Dose, Evaluation, Facts, Therapy, Tri, Verdict
-from .decision import Action, Alert, Decision, Deviation, GuardResult
+from .decision import Action, Alert, Decision, Deviation, GuardResult, make_decision
 from .errors import EpisodeError, Problem
 from .loader import load_guideline
 from .model import ActionDef, Guideline, Recommendation, Rule
@@ -344,6 +344,7 @@ class Episode:
         self.patient = patient
         self.facts = Facts(patient, engine.known_risk_factors)
         self._state = self.g.initial_state
+        self._closed = self.g.states[self._state].final
         self.decisions: list[Decision] = []
         #: what was recorded, in order: an event with what followed it, rendered as JSON on
         #: first use (`inputs`), or an `advance`.
@@ -382,7 +383,7 @@ class Episode:
 
     @property
     def closed(self) -> bool:
-        return self.g.states[self._state].final
+        return self._closed
 
     @property
     def alerts(self) -> list[Alert]:
@@ -407,13 +408,17 @@ class Episode:
         """Record one event and decide; events arrive in time order. `later`: what is known to
         follow it (a retrospective run): the rest of its order set, whose facts are decided
         together at the set's last fact, and the treatments within the rules' windows."""
-        self._check_time(event.at, event.kind)
-        later = tuple(later)
+        at = event.at
+        last = self._last_at
+        if self._closed or (last is not None and at < last):
+            self._check_time(at, event.kind)  # raises
+        self._last_at = at
+        if type(later) is not tuple:
+            later = tuple(later)
         self._inputs.append((event, later))
         early = self._recorded_only(event, later)
         if early is not None:
             return early
-        at = event.at
         state = self._state
         f = self.facts
         # Closing ends the duties: no "overdue" at the close itself.
@@ -466,26 +471,27 @@ class Episode:
         alerts += self._missing_data(at, results, evaluation, prune=machine_event == REASSESS)
         alerts += self._step_rules(at, post)
         actions = self._actions(post)  # before the verdicts are listed: it reads criteria too
+        definition = fired.ref.definition if fired else None
         return self._record(
-            Decision(
-                step=len(self.decisions),
-                at=at,
-                event=event,
-                source=state,
-                target=target,
-                machine_event=machine_event,
-                transition_label=fired.ref.definition.label if fired else None,
-                transition_cite=fired.ref.definition.cite if fired else (),
-                inferred=inferred,
-                guards=tuple(results),
-                criteria=evaluation.explained(),
-                recommendations=self._recs(target),
-                alerts=tuple(alerts),
-                deviations=tuple(deviations),
-                via=tuple(h.ref.target for h in route[:-1]) if len(route) > 1 else (),
-                actions=actions,
-                notes=tuple(notes),
-                later=later,
+            make_decision(
+                len(self.decisions),
+                at,
+                event,
+                state,
+                target,
+                machine_event,
+                definition.label if definition else None,
+                definition.cite if definition else (),
+                inferred,
+                tuple(results),
+                evaluation.explained(),
+                self.g.states[target].recommendations,
+                tuple(alerts),
+                tuple(deviations),
+                tuple(h.ref.target for h in route[:-1]) if len(route) > 1 else (),
+                actions,
+                tuple(notes),
+                later,
             )
         )
 
@@ -588,28 +594,23 @@ class Episode:
         """A decision that moves nothing: a baseline value, a fact decided with the rest of its
         order set, or time passing."""
         state = self._state
-        previous = self.decisions[-1].actions if self.decisions else ()
-        return self._record(
-            Decision(
-                step=len(self.decisions),
-                at=at,
-                event=event,
-                source=state,
-                target=state,
-                criteria=criteria,
-                recommendations=self._recs(state),
-                alerts=tuple(alerts or ()),
-                actions=previous if actions is None else actions,
-                later=later,
-            )
-        )
+        decisions = self.decisions
+        if actions is None:
+            actions = decisions[-1].actions if decisions else ()
+        decision = make_decision(
+            len(decisions), at, event, state, state, None, None, (), None, (), criteria,
+            self.g.states[state].recommendations, tuple(alerts) if alerts else (), (), (),
+            actions, (), later,
+        )  # fmt: skip
+        decisions.append(decision)
+        return decision
 
     def _record(self, decision: Decision) -> Decision:
         self.decisions.append(decision)
         return decision
 
     def _check_time(self, at: datetime, what: str) -> None:
-        if self.closed:
+        if self._closed:
             raise EpisodeError(
                 [Problem(f"the episode is closed; cannot record {what} at {format_time(at)}")]
             )
@@ -866,6 +867,7 @@ class Episode:
             reached = str(next(iter(machine.configuration)).id)
             assert reached == ref.target, (reached, ref.target)
         self._state = ref.target
+        self._closed = self.g.states[ref.target].final
         self._enter(ref.target, hop.line_start)
         if hop.value is Tri.UNKNOWN and therapy is not None:
             self._pending.append(_Pending(hop, therapy.drug, therapy.key))
@@ -1012,6 +1014,8 @@ class Episode:
 
     def _confirm(self, at: datetime) -> tuple[list[str], list[Deviation], list[Alert]]:
         """Fresh data decides the transitions taken on UNKNOWN guards."""
+        if not self._pending:
+            return [], [], []
         notes: list[str] = []
         deviations: list[Deviation] = []
         alerts: list[Alert] = []
@@ -1060,8 +1064,11 @@ class Episode:
 
     def _step_rules(self, at: datetime, evaluation: Evaluation) -> list[Alert]:
         """`upon: step` rules of the current state, each once per entry into the state."""
+        rules = self.engine.step_rules_in[self._state]
+        if not rules:
+            return []
         out: list[Alert] = []
-        for rid, rule in self.engine.step_rules_in[self._state]:
+        for rid, rule in rules:
             if rid in self._step_raised:
                 continue
             if evaluation.guard(rule.when, rule.unless) is Tri.TRUE:
@@ -1072,7 +1079,7 @@ class Episode:
     def _missing_data(
         self, at: datetime, results: list[GuardResult], evaluation: Evaluation, *, prune: bool
     ) -> list[Alert]:
-        if prune:  # what was provided since it was asked for is asked again when missing anew
+        if prune and self._missing_raised:  # provided since asked for: asked again anew
             still: dict[tuple[str, ...], tuple[str, ...]] = {}  # items raised together share
             for item, names in list(self._missing_raised.items()):
                 lacking = still.get(names)
