@@ -10,9 +10,10 @@ Two oracles, neither of them the code under test:
   how many children each combination read. Trees deeper than the in-line limit, and
   combinations of many children, are included, so the fallback (calling the nested
   combination) and the flat layout of children are tested too.
-- the interpreted readers of `iechs.criteria` (`CriteriaPlan(compiled=False)`), on the
-  bundled guideline and its profile, over a synthetic cohort: every evaluation's values (in
-  order), payloads and explanations must match.
+- the interpreted readers of `iechs.criteria` (`CriteriaPlan(compiled=False)`) and
+  `Evaluation.guard`, on the bundled guideline and its profile, over a synthetic cohort: every
+  evaluation's values (in order), payloads and explanations, and every compiled guard's value,
+  must match.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ def _evaluations(guideline_path: str | None, patients: int) -> None:
     interpreted = CriteriaPlan(g, compiled=False)
     compiled = engine.plan
     names = list(g.criteria)
+    guards = list(compiled._guards)  # every guard the engine compiled: transitions, actions, rules
+    assert len(guards) > 5
     checked = 0
     for doc in synthetic_cohort(patients, 11):
         doc.pop("course", None)
@@ -207,6 +210,10 @@ def _evaluations(guideline_path: str | None, patients: int) -> None:
             assert one._payload == two._payload
             explained = [json.dumps(v.to_json(), sort_keys=True) for v in one.explained()]
             assert explained == [json.dumps(v.to_json(), sort_keys=True) for v in two.explained()]
+            for when, unless in guards:  # each compiled guard, on fresh evaluations
+                one, two = Evaluation(compiled, ep.facts), Evaluation(interpreted, ep.facts)
+                assert compiled.guard(when, unless)(one) is two.guard(when, unless)
+                assert list(one.values.items()) == list(two.values.items())
             checked += 1
             if ep.closed:
                 break

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, overload
 import attrs
 
 from . import model as m
-from .criteria_codegen import compile_combinations
+from .criteria_codegen import compile_combinations, compile_guard
 from .timeline import Patient, format_time
 
 __all__ = [
@@ -198,9 +198,11 @@ class Facts:
                 if prev is None or prev[0] <= at:
                     self.baseline[code] = (at, value)
             return
-        times, values = self.series.setdefault(code, ([], []))
-        times.append(at)
-        values.append(value)
+        s = self.series.get(code)
+        if s is None:
+            s = self.series[code] = ([], [])
+        s[0].append(at)
+        s[1].append(value)
 
     def latest(self, code: str, max_age_hours: float) -> tuple[datetime, float] | None:
         s = self.series.get(code)
@@ -281,6 +283,9 @@ class CriteriaPlan:
         self.readers: dict[str, Callable[[Evaluation], tuple[Tri, Any]]] = {
             name: partial(_READ[n.kind], n) for name, n in self.nodes.items() if n.kind in _READ
         }
+        self.compiled = compiled
+        self._guards: dict[tuple[tuple[str, ...], tuple[str, ...]], Callable[[Evaluation], Tri]]
+        self._guards = {}
         if compiled:  # combinations compiled to source, their children written out in line
             self.readers.update(compile_combinations(self.nodes, self.readers, (_T, _F, _U)))
             return
@@ -294,6 +299,19 @@ class CriteriaPlan:
                 )
         for name, kids in children.items():
             kids.extend((c, self.readers[c]) for c in self.nodes[name].children)
+
+    def guard(self, when: tuple[str, ...], unless: tuple[str, ...]) -> Callable[[Evaluation], Tri]:
+        """`Evaluation.guard(when, unless)` as a function of the evaluation, made once per
+        guard (compiled to source, or the interpreted method)."""
+        key = (when, unless)
+        found = self._guards.get(key)
+        if found is None:
+            if self.compiled:
+                found = compile_guard(when, unless, self.readers, (_T, _F, _U))
+            else:
+                found = partial(_interpreted_guard, when, unless)
+            self._guards[key] = found
+        return found
 
     def _compile(self, name: str, c: m.Criterion) -> _Node:
         kind = c.kind
@@ -417,7 +435,9 @@ class Evaluation:
             values = self.values
             for child in node.children[: self._payload[name]]:
                 if values[child] is _U:
-                    items.extend(x for x in self.missing(child) if x not in items)
+                    for x in self.missing(child):
+                        if x not in items:
+                            items.append(x)
             found = tuple(items)
         else:
             found = self.verdict(name).missing
@@ -471,6 +491,10 @@ class Evaluation:
                 if item not in out:
                     out.append(item)
         return tuple(out)
+
+
+def _interpreted_guard(when: tuple[str, ...], unless: tuple[str, ...], ev: Evaluation) -> Tri:
+    return ev.guard(when, unless)
 
 
 class Explained(Sequence[Verdict]):

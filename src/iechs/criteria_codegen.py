@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-__all__ = ["compile_combinations"]
+__all__ = ["compile_combinations", "compile_guard"]
 
 #: how many combinations deep the children are written out in line; deeper ones are called.
 _MAX_INLINE = 4
@@ -59,6 +59,40 @@ def compile_combinations(
 
 
 _COMBINATIONS = ("all_of", "any_of", "not_", "count_of")
+
+
+def compile_guard(
+    when: tuple[str, ...],
+    unless: tuple[str, ...],
+    readers: Mapping[str, Reader],
+    values: tuple[Any, Any, Any],
+) -> Callable[[Any], Any]:
+    """`Evaluation.guard(when, unless)` as one function of the evaluation: the Kleene AND of
+    `when` and of the negations of `unless`, every criterion named read (each at most once in
+    the evaluation), in order."""
+    t, f, u = values
+    namespace: dict[str, Any] = {"T": t, "F": f, "U": u}
+    lines = [
+        "def guard(ev):",
+        "    values = ev.values; get = values.get; payload = ev._payload",
+        "    r = T",
+    ]
+    for i, name in enumerate((*when, *unless)):
+        key, fn = repr(name), f"_r{i}"
+        namespace[fn] = readers[name]
+        lines += [
+            f"    a = get({key})",
+            "    if a is None:",
+            f"        a, payload[{key}] = {fn}(ev)",
+            f"        values[{key}] = a",
+        ]
+        if i < len(when):
+            lines.append("    if a is not T and r is not F: r = a")
+        else:
+            lines.append("    if a is not F and r is not F: r = U if a is U else F")
+    lines.append("    return r")
+    exec(compile("\n".join(lines) + "\n", "<iechs guard>", "exec"), namespace)  # our source
+    return namespace["guard"]  # type: ignore[no-any-return]
 
 
 class _Generator:

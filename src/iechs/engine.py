@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
@@ -74,6 +74,14 @@ class Hop(NamedTuple):
     note: str | None = None
 
 
+class Choice(NamedTuple):
+    """A transition as `_choose` reads it: its guard, and its guard's result for each value."""
+
+    ref: TransitionRef
+    guard: Callable[[Evaluation], Tri] | None
+    results: dict[Tri, GuardResult]
+
+
 class Engine:
     """Compiles a guideline once; starts and restores episodes that share it.
 
@@ -92,7 +100,7 @@ class Engine:
         self._compiled: CompiledGuideline | None = None
         if runtime == "statechart":  # build (and check) the chart now; the table needs none
             self._compiled = compile_guideline(self.guideline, self.transitions)
-        self.plan = CriteriaPlan(self.guideline)
+        self.plan = plan = CriteriaPlan(self.guideline)
         g = self.guideline
         self.known_risk_factors = g.risk_factors
         #: treatment line of each drug class: the lowest line its event leads to.
@@ -110,6 +118,22 @@ class Engine:
         for ref in self.transitions:
             key = (ref.source, ref.event)
             self.outgoing[key] = (*self.outgoing.get(key, ()), ref)
+        self._guard_results: dict[tuple[int, Tri], GuardResult] = {}
+        #: per (state, machine event): each transition, its guard (None: it has none) and how
+        #: its guard can read (`_choose`, the hot path).
+        self.choices: dict[tuple[str, str], tuple[Choice, ...]] = {
+            key: tuple(
+                Choice(
+                    ref,
+                    plan.guard(ref.definition.when, ref.definition.unless)
+                    if ref.definition.when or ref.definition.unless
+                    else None,
+                    {v: self.guard_result(ref, v) for v in Tri},
+                )
+                for ref in refs
+            )
+            for key, refs in self.outgoing.items()
+        }
         self.rules_on: dict[str, list[tuple[str, Rule]]] = {
             "start": [],
             "treatment": [],
@@ -131,16 +155,21 @@ class Engine:
         interval = g.parameters.get("reassessment_interval_hours")
         self.reassessment_interval = interval
         self.reassessment_delta = None if interval is None else timedelta(hours=interval.value)
-        self._guard_results: dict[tuple[int, Tri], GuardResult] = {}
         self._measure_actions: dict[tuple[tuple[str, ...], ...], Action] = {}
         self._charts = threading.local()
         #: the guideline's actions and `upon: step` rules that apply in each state, in order.
-        self.actions_in: dict[str, tuple[ActionDef, ...]] = {
-            sid: tuple(a for a in g.actions.values() if sid in a.states) for sid in g.states
-        }
-        self.step_rules_in: dict[str, tuple[tuple[str, Rule], ...]] = {
+        #: (each with its guard, compiled).
+        self.actions_in: dict[str, tuple[tuple[ActionDef, Callable[[Evaluation], Tri]], ...]] = {
             sid: tuple(
-                (rid, r) for rid, r in self.rules_on["step"] if not r.states or sid in r.states
+                (a, plan.guard(a.when, a.unless)) for a in g.actions.values() if sid in a.states
+            )
+            for sid in g.states
+        }
+        self.step_rules_in: dict[str, tuple[tuple[str, Rule, Callable[[Evaluation], Tri]], ...]] = {
+            sid: tuple(
+                (rid, r, plan.guard(r.when, r.unless))
+                for rid, r in self.rules_on["step"]
+                if not r.states or sid in r.states
             )
             for sid in g.states
         }
@@ -329,6 +358,9 @@ class _Pending:
 #: `X | Y` union would be built again at every call).
 _DECIDED_AT_ONCE = (TreatmentEvent, CloseEvent)
 _UNKNOWN = Tri.UNKNOWN.value
+_TRUE, _UNKNOWN_TRI = Tri.TRUE, Tri.UNKNOWN
+#: machine events that never follow an UNKNOWN guard (only treatments do).
+_NO_UNKNOWN = (REASSESS, CLOSE)
 
 _PLACEHOLDER = re.compile(r"\{(\$?[a-z_]+)\}")
 
@@ -762,16 +794,16 @@ class Episode:
     ) -> Hop | None:
         """The transition `machine_event` takes from `state`: the first TRUE guard, else (for a
         treatment) the first UNKNOWN one."""
-        follow_unknown = machine_event not in (REASSESS, CLOSE)
         unknown: Hop | None = None
-        for ref in self.engine.outgoing.get((state, machine_event), ()):
-            d = ref.definition
-            value = Tri.TRUE if not (d.when or d.unless) else evaluation.guard(d.when, d.unless)
-            if results is not None and (d.when or d.unless):
-                results.append(self.engine.guard_result(ref, value))
-            if value is Tri.TRUE:
+        for ref, guard, read_as in self.engine.choices.get((state, machine_event), ()):
+            if guard is None:
+                return Hop(ref, _TRUE, line_start)
+            value = guard(evaluation)
+            if results is not None:
+                results.append(read_as[value])
+            if value is _TRUE:
                 return Hop(ref, value, line_start)
-            if value is Tri.UNKNOWN and follow_unknown and unknown is None:
+            if value is _UNKNOWN_TRI and unknown is None and machine_event not in _NO_UNKNOWN:
                 unknown = Hop(ref, value, line_start)
         return unknown
 
@@ -1068,10 +1100,10 @@ class Episode:
         if not rules:
             return []
         out: list[Alert] = []
-        for rid, rule in rules:
+        for rid, rule, guard in rules:
             if rid in self._step_raised:
                 continue
-            if evaluation.guard(rule.when, rule.unless) is Tri.TRUE:
+            if guard(evaluation) is Tri.TRUE:
                 self._step_raised.add(rid)
                 out.append(self._alert(rule, at, evaluation))
         return out
@@ -1120,8 +1152,8 @@ class Episode:
         waiting: list[str] = []
         cites: list[str] = []
         measure_at: int | None = None
-        for a in self.engine.actions_in[self._state]:
-            value = evaluation.guard(a.when, a.unless)
+        for a, guard in self.engine.actions_in[self._state]:
+            value = guard(evaluation)
             if value is Tri.FALSE:
                 continue
             if value is Tri.UNKNOWN:
