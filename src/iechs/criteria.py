@@ -281,7 +281,7 @@ class CriteriaPlan:
         self.nodes = {name: self._compile(name, c) for name, c in g.criteria.items()}
         #: each criterion's reader, bound to its node (the hot path of `Evaluation.value`).
         self.readers: dict[str, Callable[[Evaluation], tuple[Tri, Any]]] = {
-            name: partial(_READ[n.kind], n) for name, n in self.nodes.items() if n.kind in _READ
+            name: _bind(n) for name, n in self.nodes.items() if _KINDS[n.kind][0] is not None
         }
         self.compiled = compiled
         self._guards: dict[tuple[tuple[str, ...], tuple[str, ...]], Callable[[Evaluation], Tri]]
@@ -551,12 +551,17 @@ def _missing(name: str, what: str, detail: str, reads: tuple[Reading, ...] = ())
 _T, _F, _U = Tri.TRUE, Tri.FALSE, Tri.UNKNOWN
 
 
-def _read_threshold(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
+def _read_threshold(n: _Node) -> Read:
     op, limit, validity, _ = n.args
-    latest = ev.facts.latest(n.spec.observation, validity)
-    if latest is None:
-        return _U, None
-    return (_T if op(latest[1], limit) else _F), latest
+    code = n.spec.observation
+
+    def read(ev: Evaluation) -> tuple[Tri, Any]:
+        latest = ev.facts.latest(code, validity)
+        if latest is None:
+            return _U, None
+        return (_T if op(latest[1], limit) else _F), latest
+
+    return read
 
 
 def _threshold(ev: Evaluation, n: _Node, value: Tri, latest: Any) -> Verdict:
@@ -573,20 +578,27 @@ def _threshold(ev: Evaluation, n: _Node, value: Tri, latest: Any) -> Verdict:
     )
 
 
-def _read_ratio(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
+def _read_ratio(n: _Node) -> Read:
     r: m.Ratio = n.spec
-    op, factor, ref, _, validity, _ = n.args
-    latest = ev.facts.latest(r.observation, validity)
-    if latest is None:
-        return _U, None
-    base = ev.facts.baseline.get(r.observation)
-    if ref is None:
-        if base is None:
-            return _U, (latest, None)
-        ref = base[1]
-    elif r.baseline_if_abnormal and base is not None and op(base[1], ref):
-        ref = base[1]
-    return (_T if op(latest[1], factor * ref) else _F), (latest, base)
+    op, factor, fixed, _, validity, _ = n.args
+    code, if_abnormal = r.observation, r.baseline_if_abnormal
+
+    def read(ev: Evaluation) -> tuple[Tri, Any]:
+        facts = ev.facts
+        latest = facts.latest(code, validity)
+        if latest is None:
+            return _U, None
+        base = facts.baseline.get(code)
+        ref = fixed
+        if ref is None:
+            if base is None:
+                return _U, (latest, None)
+            ref = base[1]
+        elif if_abnormal and base is not None and op(base[1], ref):
+            ref = base[1]
+        return (_T if op(latest[1], factor * ref) else _F), (latest, base)
+
+    return read
 
 
 def _ratio(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
@@ -622,23 +634,29 @@ def _ratio(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
     )
 
 
-def _read_trend(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
+def _read_trend(n: _Node) -> Read:
     t: m.Trend = n.spec
     hours, _, flat = n.args
-    # The direction now: the latest fresh value against the one before it, however old (an
-    # older value from before a peak must not hide a fall; a rise after a gap is a rise).
-    points = ev.facts.trend_points(t.observation, hours)
-    if not points:
-        return _U, None
-    (_, first), (_, last) = points
-    band = abs(first) * flat  # changes within the band are flat
-    if t.direction == "rising":
-        ok = last > first + band
-    elif t.direction == "falling":
-        ok = last < first - band
-    else:
-        ok = last >= first - band
-    return (_T if ok else _F), points
+    code, direction = t.observation, t.direction
+
+    def read(ev: Evaluation) -> tuple[Tri, Any]:
+        # The direction now: the latest fresh value against the one before it, however old
+        # (an older value from before a peak must not hide a fall; a rise after a gap is a
+        # rise).
+        points = ev.facts.trend_points(code, hours)
+        if not points:
+            return _U, None
+        (_, first), (_, last) = points
+        band = abs(first) * flat  # changes within the band are flat
+        if direction == "rising":
+            ok = last > first + band
+        elif direction == "falling":
+            ok = last < first - band
+        else:
+            ok = last >= first - band
+        return (_T if ok else _F), points
+
+    return read
 
 
 def _trend(ev: Evaluation, n: _Node, value: Tri, points: Any) -> Verdict:
@@ -706,19 +724,25 @@ def _finding(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
     )
 
 
-def _read_grade(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
+def _read_grade(n: _Node) -> Read:
     gt: m.GradeTest = n.spec
     op, validity = n.args
-    grades = ev.facts.grades[gt.of]
-    if not grades:
-        return _U, None
-    last = grades[-1]
-    if ev.facts.hours_since(last[0]) > validity:
-        return _U, (last, None)
-    if gt.peak:
-        peak = max(g for _, g in grades)
-        return (_T if op(last[1], peak) else _F), (last, peak)
-    return (_T if op(last[1], gt.value) else _F), (last, None)
+    of, peak_wanted, value = gt.of, gt.peak, gt.value
+
+    def read(ev: Evaluation) -> tuple[Tri, Any]:
+        facts = ev.facts
+        grades = facts.grades[of]
+        if not grades:
+            return _U, None
+        last = grades[-1]
+        if facts.hours_since(last[0]) > validity:
+            return _U, (last, None)
+        if peak_wanted:
+            peak = max(g for _, g in grades)
+            return (_T if op(last[1], peak) else _F), (last, peak)
+        return (_T if op(last[1], value) else _F), (last, None)
+
+    return read
 
 
 def _grade(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
@@ -912,11 +936,14 @@ def _combine(ev: Evaluation, n: _Node, value: Tri, k: Any) -> Verdict:
 
 
 Reader = Callable[[_Node, Evaluation], tuple[Tri, Any]]
+#: a reader bound to its node.
+Read = Callable[[Evaluation], tuple[Tri, Any]]
 Explainer = Callable[[Evaluation, _Node, Tri, Any], Verdict]
 
 _ON_LINE = _duration("line_started_at", "on the current line", "hours_on_line")
 _SINCE_INFUSION = _duration("infusion_at", "since infusion", "hours_since_infusion")
-_KINDS: dict[str, tuple[Reader | None, Explainer]] = {
+#: kind -> (its reader, or a function binding it to a node (`_BOUND`); its explainer).
+_KINDS: dict[str, tuple[Reader | Callable[[_Node], Read] | None, Explainer]] = {
     "threshold": (_read_threshold, _threshold),
     "ratio": (_read_ratio, _ratio),
     "trend": (_read_trend, _trend),
@@ -934,5 +961,17 @@ _KINDS: dict[str, tuple[Reader | None, Explainer]] = {
     "not_": (_read_not, _combine),
     "count_of": (_read_count, _combine),
 }
-_READ: dict[str, Reader] = {kind: r for kind, (r, _) in _KINDS.items() if r is not None}
+#: the hottest kinds bind their node's numbers once, in a closure.
+_BOUND = frozenset({"threshold", "ratio", "trend", "grade"})
+
+
+def _bind(n: _Node) -> Read:
+    """The reader of a single criterion, bound to its node."""
+    reader = _KINDS[n.kind][0]
+    assert reader is not None
+    if n.kind in _BOUND:
+        return reader(n)  # type: ignore[call-arg,return-value]
+    return partial(reader, n)  # type: ignore[return-value]
+
+
 _EXPLAIN: dict[str, Explainer] = {kind: pair[1] for kind, pair in _KINDS.items()}
