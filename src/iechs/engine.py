@@ -244,14 +244,18 @@ class Engine:
         events at the same time), and for a treatment the treatments within the lookahead."""
         event = events[i]
         at = event.at
-        treatment = isinstance(event, TreatmentEvent) and self.lookahead_hours > 0
+        if not (isinstance(event, TreatmentEvent) and self.lookahead_hours > 0):
+            end, n = i + 1, len(events)  # the rest of its order set: the events at its time
+            while end < n and events[end].at == at:
+                end += 1
+            return tuple(events[i + 1 : end]) if end > i + 1 else ()
         horizon = at + self._lookahead
         found: list[Event] = []
         for j in range(i + 1, len(events)):
             other = events[j]
             if other.at == at:
                 found.append(other)
-            elif not treatment or other.at > horizon:
+            elif other.at > horizon:
                 break
             elif isinstance(other, TreatmentEvent):
                 found.append(other)
