@@ -190,6 +190,24 @@ class Facts:
         self.later: tuple[Dose, ...] = ()
         self.risk_factors = derived_risk_factors(patient, known_risk_factors)
 
+    def copy(self) -> Facts:
+        """A copy that changes apart from this one: every container is its own; what is never
+        changed once made (the patient, events' values, doses, tuples) is shared. A therapy is
+        copied (it changes as doses follow)."""
+        new = object.__new__(Facts)
+        new.__dict__.update(self.__dict__)
+        new.baseline = dict(self.baseline)
+        new.explicit_baseline = set(self.explicit_baseline)
+        new.series = {code: (list(t), list(v)) for code, (t, v) in self.series.items()}
+        new.findings = dict(self.findings)
+        new.grades = {kind: list(items) for kind, items in self.grades.items()}
+        new.responses = list(self.responses)
+        new.doses = list(self.doses)
+        new.therapies = {
+            key: attrs.evolve(t, raised=set(t.raised)) for key, t in self.therapies.items()
+        }
+        return new
+
     def add_observation(self, code: str, at: datetime, value: float) -> None:
         if at < self.infusion_at:
             # Before infusion: a baseline value. An explicit baseline in the patient wins.

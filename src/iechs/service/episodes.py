@@ -27,7 +27,6 @@ alerts raised since) is kept too, and brought up to date the same way.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -275,14 +274,5 @@ def _head(snapshot: Any) -> dict[str, Any]:
 
 
 def private_copy(episode: Episode) -> Episode:
-    """A copy that can be stepped without changing `episode`: the engine, the guideline, the
-    patient, the decisions and the inputs are shared (never changed once made); the lists
-    holding the decisions and inputs are the copy's own."""
-    memo: dict[int, Any] = {
-        id(episode.engine): episode.engine,
-        id(episode.g): episode.g,
-        id(episode.patient): episode.patient,
-        id(episode.decisions): list(episode.decisions),
-        id(episode.inputs): list(episode.inputs),
-    }
-    return copy.deepcopy(episode, memo)
+    """A copy that can be stepped without changing `episode` (`Episode.fork`)."""
+    return episode.fork()
