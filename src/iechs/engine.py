@@ -440,7 +440,7 @@ class Episode:
         self._rendered = len(items)
         return items
 
-    def step(self, event: Event, *, later: Sequence[Event] = ()) -> Decision:
+    def step(self, event: Event, *, later: Sequence[Event] = ()) -> Decision:  # noqa: PLR0915 - the hot path, in one frame
         """Record one event and decide; events arrive in time order. `later`: what is known to
         follow it (a retrospective run): the rest of its order set, whose facts are decided
         together at the set's last fact, and the treatments within the rules' windows."""
@@ -458,12 +458,17 @@ class Episode:
         state = self._state
         f = self.facts
         # Closing ends the duties: no "overdue" at the close itself.
-        alerts = [] if isinstance(event, CloseEvent) else self._overdue(at)
+        alerts = (
+            []
+            if self._last_reassessment is None or isinstance(event, CloseEvent)
+            else self._overdue(at)
+        )
         self._ingest(event)
         notes: list[str] = []
         deviations: list[Deviation] = []
         results: list[GuardResult] = []
-        evaluation = Evaluation(self.engine.plan, f)
+        plan = self.engine.plan
+        evaluation = Evaluation(plan, f)
         inferred: dict[str, str] | None = None
         therapy: Therapy | None = None
         new_therapy = False
@@ -472,23 +477,22 @@ class Episode:
             machine_event = CLOSE
         elif isinstance(event, TreatmentEvent):
             therapy, new_therapy, inferred = self._therapy(event, evaluation, notes)
-            cls = therapy.drug_class
-            machine_event = (
-                self.g.drug_classes[cls].event
-                if therapy.indication == self.condition and cls is not None
-                else None
-            )
-            evaluation = Evaluation(self.engine.plan, f)  # the dose is now on record
+            machine_event = self._treatment_event(therapy)
+            evaluation = Evaluation(plan, f)  # the dose is now on record
         route: list[Hop] = []
-        if machine_event is not None:
+        if machine_event in _NO_UNKNOWN:  # data, or closing: the first TRUE guard, if any
+            hop = self._choose(state, machine_event, evaluation, results, f.now)
+            if hop is not None:
+                route = [hop]
+        elif machine_event is not None:
             route = self._route(machine_event, therapy, evaluation, results)
-            for hop in route:
-                self._take(hop, therapy)
-                if hop.note:
-                    notes.append(hop.note)
+        for hop in route:
+            self._take(hop, therapy)
+            if hop.note:
+                notes.append(hop.note)
         target = self._state
         fired = route[-1] if route else None
-        post = Evaluation(self.engine.plan, f) if route else evaluation
+        post = Evaluation(plan, f) if route else evaluation
         if isinstance(event, TreatmentEvent) and therapy is not None:
             self._judge_treatment(
                 event,
@@ -499,12 +503,13 @@ class Episode:
                 alerts=alerts,
                 deviations=deviations,
             )
-        elif machine_event == REASSESS:
+        elif machine_event == REASSESS and self._pending:
             confirmed, pending_devs, pending_alerts = self._confirm(at)
             notes += confirmed
             deviations += pending_devs
             alerts += pending_alerts
-        alerts += self._missing_data(at, results, evaluation, prune=machine_event == REASSESS)
+        if results or self._missing_raised:
+            alerts += self._missing_data(at, results, evaluation, prune=machine_event == REASSESS)
         alerts += self._step_rules(at, post)
         actions = self._actions(post)  # before the verdicts are listed: it reads criteria too
         definition = fired.ref.definition if fired else None
@@ -530,6 +535,14 @@ class Episode:
                 later,
             )
         )
+
+    def _treatment_event(self, therapy: Therapy) -> str | None:
+        """The machine event a therapy sends: its drug class's, when it is given for the
+        guideline's condition."""
+        cls = therapy.drug_class
+        if therapy.indication == self.condition and cls is not None:
+            return self.g.drug_classes[cls].event
+        return None
 
     def _recorded_only(
         self,
