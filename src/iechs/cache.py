@@ -12,6 +12,11 @@ not a bundled one (a contract named by path) is never cached.
 Only a guideline that loaded without error is cached: a bad file is checked afresh every
 time, and reported exactly as without the cache. A hit is equal to a fresh load.
 
+The cache also keeps compiled code (`code`): iechs's own generated Python source (the
+guideline's criteria, written out by `iechs.criteria_codegen`) is compiled once, not at every
+start. Such an entry is named by the sha256 of the source, its file name and the Python version,
+holds the code object (marshal), and is read under the rules below, as a guideline's entry is.
+
 Where: `$IECHS_CACHE_DIR`, else `$XDG_CACHE_HOME/iechs`, else `~/.cache/iechs`.
 `IECHS_CACHE=off` (or `0`, `false`, `no`) turns it off: nothing is read or written.
 
@@ -36,10 +41,12 @@ import contextlib
 import functools
 import hashlib
 import json
+import marshal
 import os
 import pickle
 import stat
 import sys
+import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +56,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .model import Guideline
 
-__all__ = ["cache_dir", "entry_key", "file_digest", "read", "write"]
+__all__ = ["cache_dir", "code", "entry_key", "file_digest", "read", "write"]
 
 ENV_DIR = "IECHS_CACHE_DIR"
 ENV_SWITCH = "IECHS_CACHE"
@@ -57,9 +64,16 @@ _OFF = frozenset({"off", "0", "false", "no"})
 
 #: The first bytes of an entry; raised when the entry's layout changes.
 _MAGIC = b"iechs-guideline-cache 1\n"
+#: The first bytes of a compiled-code entry (`code`).
+_CODE_MAGIC = b"iechs-code-cache 1\n"
+#: The file suffix of each kind of entry.
+_GUIDELINE, _CODE = ".pickle", ".code"
 _DIGEST = hashlib.sha256().digest_size
 #: Entries kept; the oldest are removed beyond this.
 MAX_ENTRIES = 64
+#: Compiled-code entries kept (a guideline's criteria make one large entry and a small one per
+#: guard: some 16 for the bundled guideline); the oldest are removed beyond this.
+MAX_CODE_ENTRIES = 256
 #: An entry larger than this is not read (the bundled guideline's is about 60 kB).
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 
@@ -169,7 +183,7 @@ def read(key: str) -> Guideline | None:
     if folder is None or not _secure_dir(folder):
         return None
     try:
-        entry = _read_entry(folder / f"{key}.pickle")
+        entry = _read_entry(folder / f"{key}{_GUIDELINE}")
         if entry is None:
             return None
         payload = pickle.loads(entry)
@@ -185,8 +199,9 @@ def read(key: str) -> Guideline | None:
     return guideline
 
 
-def _read_entry(path: Path) -> bytes | None:
-    """The pickled bytes of an entry file when it is trusted and whole."""
+def _read_entry(path: Path, magic: bytes = _MAGIC) -> bytes | None:
+    """The payload of an entry file (after `magic` and its checksum) when it is trusted and
+    whole."""
     # no symlink followed, nothing waited for (a FIFO): only a regular file is read
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     flags |= getattr(os, "O_CLOEXEC", 0)
@@ -199,10 +214,10 @@ def _read_entry(path: Path) -> bytes | None:
         if not (stat.S_ISREG(st.st_mode) and _secure(st)) or st.st_size > MAX_ENTRY_BYTES:
             return None
         data = f.read(MAX_ENTRY_BYTES + 1)
-    head = len(_MAGIC) + _DIGEST
-    if len(data) < head or not data.startswith(_MAGIC):
+    head = len(magic) + _DIGEST
+    if len(data) < head or not data.startswith(magic):
         return None
-    digest, payload = data[len(_MAGIC) : head], data[head:]
+    digest, payload = data[len(magic) : head], data[head:]
     if hashlib.sha256(payload).digest() != digest:
         return None
     return payload
@@ -231,22 +246,49 @@ def write(key: str, guideline: Guideline, deps: Sequence[Dependency]) -> None:
         payload = pickle.dumps((key, tuple(deps), guideline), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # a guideline that cannot be kept is simply not cached
         return
+    _keep(folder, key, _GUIDELINE, _MAGIC, payload)
+
+
+def code(source: str, filename: str) -> types.CodeType:
+    """`compile(source, filename, "exec")`, kept in the cache (for iechs's own generated source;
+    a miss, or the cache off, compiles)."""
+    folder = cache_dir()
+    if folder is None:
+        return compile(source, filename, "exec")
+    fields = [sys.version, sys.implementation.cache_tag or "", marshal.version, filename, source]
+    key = hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+    if _secure_dir(folder):
+        payload = _read_entry(folder / f"{key}{_CODE}", _CODE_MAGIC)
+        if payload is not None:
+            try:
+                found = marshal.loads(payload)
+            except Exception:  # whatever is wrong with an entry, it is a miss
+                found = None
+            if isinstance(found, types.CodeType) and found.co_filename == filename:
+                return found
+    compiled = compile(source, filename, "exec")
+    _keep(folder, key, _CODE, _CODE_MAGIC, marshal.dumps(compiled))
+    return compiled
+
+
+def _keep(folder: Path, key: str, suffix: str, magic: bytes, payload: bytes) -> None:
+    """Write an entry (its magic, the payload's checksum, the payload); silently nothing when
+    the cache cannot be written."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _secure_dir(folder):
             return
-        _write_atomically(
-            folder, f"{key}.pickle", _MAGIC + hashlib.sha256(payload).digest() + payload
-        )
-        _prune(folder)
+        data = magic + hashlib.sha256(payload).digest() + payload
+        _write_atomically(folder, f"{key}{suffix}", data, suffix)
+        _prune(folder, suffix)
     except OSError:
         return
 
 
-def _write_atomically(folder: Path, name: str, data: bytes) -> None:
+def _write_atomically(folder: Path, name: str, data: bytes, suffix: str = _GUIDELINE) -> None:
     import tempfile  # noqa: PLC0415 - only on a miss
 
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pickle")  # mode 0600
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -257,15 +299,16 @@ def _write_atomically(folder: Path, name: str, data: bytes) -> None:
         raise
 
 
-def _prune(folder: Path) -> None:
-    """Keep the newest `MAX_ENTRIES` entries; remove what a killed writer left behind (a
-    temporary file older than an hour)."""
+def _prune(folder: Path, suffix: str = _GUIDELINE) -> None:
+    """Keep the newest entries of a kind (`suffix`): `MAX_ENTRIES` guidelines,
+    `MAX_CODE_ENTRIES` compiled codes; remove what a killed writer left behind (a temporary
+    file older than an hour)."""
     import time  # noqa: PLC0415 - only on a miss
 
     stale = time.time_ns() - 3600 * 10**9
     entries: list[tuple[int, Path]] = []
     doomed: list[Path] = []
-    for path in folder.glob("*.pickle"):
+    for path in folder.glob(f"*{suffix}"):
         try:
             mtime = path.stat().st_mtime_ns
         except OSError:
@@ -275,7 +318,8 @@ def _prune(folder: Path) -> None:
         elif mtime < stale:
             doomed.append(path)
     entries.sort(reverse=True)
-    doomed += [path for _, path in entries[MAX_ENTRIES:]]
+    keep = MAX_CODE_ENTRIES if suffix == _CODE else MAX_ENTRIES
+    doomed += [path for _, path in entries[keep:]]
     for path in doomed:
         with contextlib.suppress(OSError):
             path.unlink()

@@ -195,13 +195,17 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if warnings and args.strict else EXIT_OK
 
 
-def _run_one(engine: Engine, path: Path) -> tuple[str, Any]:
+def _run_one(engine: Engine, path: Path, *, as_json: bool = True) -> tuple[str, Any]:
+    """Run one timeline: its patient, its decisions and its JSON document (without
+    `as_json`, only what the text report prints of it: the parts of the input ignored)."""
     from .decision import run_to_json
     from .timeline import load_timeline
 
     timeline = load_timeline(path, engine.guideline)
     episode = engine.run(timeline)
-    doc = run_to_json(engine.identity, timeline.patient.id, episode.decisions)
+    doc: dict[str, Any] = {}
+    if as_json:
+        doc = run_to_json(engine.identity, timeline.patient.id, episode.decisions)
     if timeline.ignored:  # parts of a FHIR Bundle not used: reported, never silently dropped
         doc["ignored"] = [{"path": p.path, "message": p.message} for p in timeline.ignored]
     return timeline.patient.id, (episode.decisions, doc)
@@ -218,11 +222,13 @@ def _run(args: argparse.Namespace) -> int:
 
         patient, (decisions, doc) = run_recorded(engine, Path(args.timeline), args.store)
     else:
-        patient, (decisions, doc) = _run_one(engine, Path(args.timeline))
+        patient, (decisions, doc) = _run_one(
+            engine, Path(args.timeline), as_json=args.format == "json"
+        )
     if args.format == "json":
         _dump(doc)
     else:
-        from .report import print_run  # rich: only for text
+        from .report import print_run  # only for text
 
         print_run(f"{args.timeline} — patient {patient}", decisions)
         for item in doc.get("ignored", []):
@@ -257,7 +263,7 @@ def _demo(args: argparse.Namespace) -> int:
     files = sorted(examples_dir().glob("*.json"))
     docs = {}
     for path in files:
-        patient, (decisions, doc) = _run_one(engine, path)
+        patient, (decisions, doc) = _run_one(engine, path, as_json=args.format == "json")
         if args.format == "json":
             docs[path.name] = doc
         else:

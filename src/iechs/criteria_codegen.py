@@ -13,12 +13,15 @@ holds the two to each other on random trees and facts).
 
 Combinations nested more than `_MAX_INLINE` deep are called, not written out, and children
 follow each other at one indentation: the source stays small and within the compiler's limits
-for any guideline."""
+for any guideline. The compiled code is kept in iechs's cache (`iechs.cache.code`), as Python
+keeps bytecode, so an engine starts without compiling it again."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+
+from .cache import code
 
 __all__ = ["compile_combinations", "compile_guard"]
 
@@ -54,7 +57,7 @@ def compile_combinations(
     namespace: dict[str, Any] = {"T": t, "F": f, "U": u, "NEG": {t: f, f: t, u: u}}
     for name, fn in gen.leaves.items():
         namespace[fn] = readers[name]
-    exec(compile(source, "<iechs criteria>", "exec"), namespace)  # our own source, from names
+    exec(code(source, "<iechs criteria>"), namespace)  # our own source, from names
     return {name: namespace[gen.functions[name]] for name in combos}
 
 
@@ -91,7 +94,7 @@ def compile_guard(
         else:
             lines.append("    if a is not F and r is not F: r = U if a is U else F")
     lines.append("    return r")
-    exec(compile("\n".join(lines) + "\n", "<iechs guard>", "exec"), namespace)  # our source
+    exec(code("\n".join(lines) + "\n", "<iechs guard>"), namespace)  # our source
     return namespace["guard"]  # type: ignore[no-any-return]
 
 

@@ -7,23 +7,25 @@ are sorted by time, stable for ties. Every problem names its JSON path, e.g. `$.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-import cattrs
 import msgspec
-from cattrs.gen import make_dict_structure_fn
 
 from .errors import Problem, TimelineError, structuring_problems, unknown_name
 from .model import Guideline
 from .units import unit_factor
 from .vocab import ROUTES, dose_unit_problem, route_code
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = [
     "AssessmentEvent",
@@ -203,7 +205,13 @@ def _shown(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str | int | float | bool) else repr(value)
 
 
-def _make_converter() -> cattrs.Converter:
+@functools.cache
+def _converter() -> cattrs.Converter:
+    """The timelines' converter, made on first use: a valid native timeline is read by
+    `fast_timeline` (msgspec), so `iechs run` imports no cattrs and generates no code for it."""
+    import cattrs  # noqa: PLC0415
+    from cattrs.gen import make_dict_structure_fn  # noqa: PLC0415
+
     conv = cattrs.Converter(forbid_extra_keys=True)
 
     def strict(kind: type, label: str) -> Any:
@@ -258,9 +266,6 @@ def _make_converter() -> cattrs.Converter:
     return conv
 
 
-_CONVERTER = _make_converter()
-
-
 @attrs.frozen(kw_only=True)
 class _RawTimeline:
     patient: Patient
@@ -269,7 +274,7 @@ class _RawTimeline:
 
 def _structure(data: Any, cls: type[Any], file: str | None, root: str = "$") -> Any:
     try:
-        return _CONVERTER.structure(data, cls)
+        return _converter().structure(data, cls)
     except Exception as exc:  # cattrs groups every structuring error; transform_error reads them
         raise TimelineError(structuring_problems(exc, root), file) from None
 
