@@ -13,7 +13,8 @@ Two oracles, neither of them the code under test:
 - the interpreted readers of `iechs.criteria` (`CriteriaPlan(compiled=False)`) and
   `Evaluation.guard`, on the bundled guideline and its profile, over a synthetic cohort: every
   evaluation's values (in order), payloads and explanations, and every compiled guard's value,
-  must match.
+  must match; and what an UNKNOWN criterion lacks (`Evaluation.missing`, found without its
+  explanation) must be what its explanation says.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class FakeEvaluation:
     _payload: dict[str, Any] = field(default_factory=dict)
 
 
-def oracle(nodes: dict[str, Node], leaves: dict[str, Tri], root: str) -> tuple[list, dict]:
+def oracle(
+    nodes: dict[str, Node], leaves: dict[str, Tri], root: str
+) -> tuple[list[tuple[str, Tri]], dict[str, int]]:
     """Kleene evaluation of `root`: (the (name, value) pairs in the order they are stored,
     how many children each combination read)."""
     order: list[tuple[str, Tri]] = []
@@ -110,6 +113,7 @@ def trees(draw: st.DrawFn) -> tuple[dict[str, Node], dict[str, Tri]]:
     names = list(nodes)
     for i in range(draw(st.integers(1, 8))):
         kind = draw(st.sampled_from(["all_of", "any_of", "not_", "count_of"]))
+        kids: tuple[str, ...]
         if kind == "not_":
             kids = (draw(st.sampled_from(names)),)
         else:
@@ -195,7 +199,7 @@ def _evaluations(guideline_path: str | None, patients: int) -> None:
     names = list(g.criteria)
     guards = list(compiled._guards)  # every guard the engine compiled: transitions, actions, rules
     assert len(guards) > 5
-    checked = 0
+    checked = lacking = 0
     for doc in synthetic_cohort(patients, 11):
         doc.pop("course", None)
         timeline = parse_timeline(doc, g)
@@ -210,6 +214,10 @@ def _evaluations(guideline_path: str | None, patients: int) -> None:
             assert one._payload == two._payload
             explained = [json.dumps(v.to_json(), sort_keys=True) for v in one.explained()]
             assert explained == [json.dumps(v.to_json(), sort_keys=True) for v in two.explained()]
+            for name in names:  # what a criterion lacks, with and without its explanation
+                if one.values[name] is U:
+                    assert one.missing(name) == one.verdict(name).missing, name
+                    lacking += 1
             for when, unless in guards:  # each compiled guard, on fresh evaluations
                 one, two = Evaluation(compiled, ep.facts), Evaluation(interpreted, ep.facts)
                 assert compiled.guard(when, unless)(one) is two.guard(when, unless)
@@ -218,6 +226,7 @@ def _evaluations(guideline_path: str | None, patients: int) -> None:
             if ep.closed:
                 break
     assert checked > patients * 10
+    assert lacking > patients
 
 
 def test_compiled_and_interpreted_criteria_agree_on_the_bundled_guideline() -> None:

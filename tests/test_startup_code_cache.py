@@ -107,9 +107,14 @@ def test_an_entry_others_may_write_is_not_read(
     cache.code(SOURCE, "<test>")
     (entry,) = code_entries(cache_dir)
     entry.chmod(0o620)
-    calls = []
+    calls: list[tuple[Any, ...]] = []
     real = builtins.compile
-    monkeypatch.setattr(builtins, "compile", lambda *a, **k: calls.append(a) or real(*a, **k))
+
+    def counted(*a: Any, **k: Any) -> Any:
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(builtins, "compile", counted)
     cache.code(SOURCE, "<test>")
     assert len(calls) == 1  # compiled again
 

@@ -458,7 +458,11 @@ class Evaluation:
                             items.append(x)
             found = tuple(items)
         else:
-            found = self.verdict(name).missing
+            lacks = _LACKS.get(node.kind)
+            if lacks is not None:  # a single criterion: what it lacks, without its explanation
+                found = (lacks(node, self._payload[name]),)
+            else:
+                found = self.verdict(name).missing
         memo[name] = found
         return found
 
@@ -562,6 +566,54 @@ def _missing(name: str, what: str, detail: str, reads: tuple[Reading, ...] = ())
     return Verdict(name, Tri.UNKNOWN, detail, reads, (what,))
 
 
+# What a single criterion whose value is UNKNOWN lacks, from what its reader kept: one text,
+# the `missing` of its explanation (the explainers use these), found without building it.
+
+
+def _lacks_value(n: _Node, kept: Any) -> str:
+    return str(n.spec.observation)
+
+
+def _lacks_ratio(n: _Node, kept: Any) -> str:
+    if kept is None:
+        return str(n.spec.observation)
+    return f"baseline {n.spec.observation} (value at infusion)"  # a value, and no baseline
+
+
+def _lacks_trend(n: _Node, kept: Any) -> str:
+    return f"{n.spec.observation} (a fresh value and an earlier one, for a trend)"
+
+
+def _lacks_finding(n: _Node, kept: Any) -> str:
+    rec, expired = kept
+    if rec is None or expired:
+        return f"finding {n.spec.code}"
+    return f"grade of {n.spec.code}"  # present, grade unknown
+
+
+def _lacks_grade(n: _Node, kept: Any) -> str:
+    return f"{n.spec.of.upper()} grade (assessment)"
+
+
+def _lacks_infection(n: _Node, kept: Any) -> str:
+    return "infection status (assessment)"
+
+
+def _lacks_response(n: _Node, kept: Any) -> str:
+    return "response assessment on the current line"
+
+
+_LACKS: dict[str, Callable[[_Node, Any], str]] = {
+    "threshold": _lacks_value,
+    "ratio": _lacks_ratio,
+    "trend": _lacks_trend,
+    "finding": _lacks_finding,
+    "grade": _lacks_grade,
+    "infection": _lacks_infection,
+    "response": _lacks_response,
+}
+
+
 # Each kind of criterion has a reader, `(node, evaluation) -> (value, kept)`, which decides
 # and keeps what it read (immutable values, never the facts), and an explainer,
 # `(evaluation, node, value, kept) -> Verdict`, which spells it out when asked for.
@@ -586,7 +638,7 @@ def _threshold(ev: Evaluation, n: _Node, value: Tri, latest: Any) -> Verdict:
     t: m.Threshold = n.spec
     _, limit, _, unit = n.args
     if latest is None:
-        return _missing(n.name, t.observation, f"no recent {t.observation} value")
+        return _missing(n.name, _lacks_value(n, latest), f"no recent {t.observation} value")
     at, v = latest
     return Verdict(
         n.name,
@@ -623,17 +675,12 @@ def _ratio(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
     r: m.Ratio = n.spec
     op, factor, ref, ref_name, _, unit = n.args
     if kept is None:
-        return _missing(n.name, r.observation, f"no recent {r.observation} value")
+        return _missing(n.name, _lacks_ratio(n, kept), f"no recent {r.observation} value")
     (at, v), base = kept
     read = Reading(r.observation, v, unit, at)
     if ref is None:
         if base is None:
-            return _missing(
-                n.name,
-                f"baseline {r.observation} (value at infusion)",
-                f"no baseline {r.observation}",
-                (read,),
-            )
+            return _missing(n.name, _lacks_ratio(n, kept), f"no baseline {r.observation}", (read,))
         ref, ref_name = base[1], "baseline"
         ref_read = Reading(f"baseline {r.observation}", ref, unit, base[0])
     elif r.baseline_if_abnormal and base is not None and op(base[1], ref):
@@ -683,7 +730,7 @@ def _trend(ev: Evaluation, n: _Node, value: Tri, points: Any) -> Verdict:
     if points is None:
         return _missing(
             n.name,
-            f"{t.observation} (a fresh value and an earlier one, for a trend)",
+            _lacks_trend(n, points),
             f"fewer than two {t.observation} values, or the latest older than {hours:g} h",
         )
     (t0, first), (t1, last) = points
@@ -722,7 +769,7 @@ def _finding(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
         if absent_unless_recorded:
             detail = f"{f.code} {why or 'not recorded'} (counts as absent)"
             return Verdict(n.name, Tri.FALSE, detail)
-        return _missing(n.name, f"finding {f.code}", f"{f.code} {why or 'not assessed'}")
+        return _missing(n.name, _lacks_finding(n, kept), f"{f.code} {why or 'not assessed'}")
     at, present, grade = rec
     shown: Any = False
     if present:
@@ -733,7 +780,8 @@ def _finding(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
     if f.min_grade is None:
         return Verdict(n.name, Tri.TRUE, f"{f.code} present", read)
     if grade is None:
-        return _missing(n.name, f"grade of {f.code}", f"{f.code} present, grade unknown", read)
+        what = _lacks_finding(n, kept)
+        return _missing(n.name, what, f"{f.code} present, grade unknown", read)
     return Verdict(
         n.name,
         value,
@@ -768,12 +816,12 @@ def _grade(ev: Evaluation, n: _Node, value: Tri, kept: Any) -> Verdict:
     _, validity = n.args
     label = f"{gt.of.upper()} grade"
     if kept is None:
-        return _missing(n.name, f"{label} (assessment)", f"{label} not assessed")
+        return _missing(n.name, _lacks_grade(n, kept), f"{label} not assessed")
     (at, latest), peak = kept
     if value is _U:
         return _missing(
             n.name,
-            f"{label} (assessment)",
+            _lacks_grade(n, kept),
             f"{label} last assessed {format_time(at)}, older than {validity:g} h",
         )
     read = Reading(f"{gt.of}_grade", latest, None, at)
@@ -796,7 +844,7 @@ def _read_infection(n: _Node, ev: Evaluation) -> tuple[Tri, Any]:
 
 def _infection(ev: Evaluation, n: _Node, value: Tri, rec: Any) -> Verdict:
     if rec is None:
-        return _missing(n.name, "infection status (assessment)", "infection not assessed")
+        return _missing(n.name, _lacks_infection(n, rec), "infection not assessed")
     return Verdict(
         n.name, value, f"infection {rec[1]}", (Reading("infection", rec[1], None, rec[0]),)
     )
@@ -831,9 +879,7 @@ def _response(ev: Evaluation, n: _Node, value: Tri, last: Any) -> Verdict:
         if value is _F:
             return Verdict(n.name, Tri.FALSE, "no response assessment since the line started")
         return _missing(
-            n.name,
-            "response assessment on the current line",
-            "no response assessment since the line started",
+            n.name, _lacks_response(n, last), "no response assessment since the line started"
         )
     at, kind = last
     return Verdict(n.name, value, f"latest response {kind}", (Reading("response", kind, None, at),))
