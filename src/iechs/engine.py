@@ -480,11 +480,7 @@ class Episode:
             machine_event = self._treatment_event(therapy)
             evaluation = Evaluation(plan, f)  # the dose is now on record
         route: list[Hop] = []
-        if machine_event in _NO_UNKNOWN:  # data, or closing: the first TRUE guard, if any
-            hop = self._choose(state, machine_event, evaluation, results, f.now)
-            if hop is not None:
-                route = [hop]
-        elif machine_event is not None:
+        if machine_event is not None:
             route = self._route(machine_event, therapy, evaluation, results)
         for hop in route:
             self._take(hop, therapy)
