@@ -34,6 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache folder of the test's own (`IECHS_CACHE_DIR`), with the cache switched on."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("IECHS_CACHE_DIR", str(folder))
+    monkeypatch.delenv("IECHS_CACHE", raising=False)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def guideline() -> Guideline:
     return load_guideline(ROOT / "guideline" / "iec-hs.yaml")

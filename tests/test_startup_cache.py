@@ -25,14 +25,6 @@ PROFILE = ROOT / "guideline" / "profiles" / "astct-2023.yaml"
 DAY14 = ROOT / "examples" / "day14-steroid-response.json"
 
 
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("IECHS_CACHE_DIR", str(folder))
-    monkeypatch.delenv("IECHS_CACHE", raising=False)
-    return folder
-
-
 def entries(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.pickle")) if folder.is_dir() else []
 

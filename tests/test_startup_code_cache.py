@@ -22,14 +22,6 @@ DAY14 = ROOT / "examples" / "day14-steroid-response.json"
 SOURCE = "def f(x):\n    return [x, x * 2, 'text', (1, 2.5)]\n"
 
 
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("IECHS_CACHE_DIR", str(folder))
-    monkeypatch.delenv("IECHS_CACHE", raising=False)
-    return folder
-
-
 def code_entries(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.code")) if folder.is_dir() else []
 
