@@ -748,32 +748,25 @@ def sqlite_part(
     with serving(store, runtime, args.workers, folder) as (server,):
         urls, pids = [server.url], [server.process.pid]
         say(f"SQLite, {runtime} runtime: `iechs serve` up ({args.workers_shown})")
-        for c in args.levels if sweeps else args.levels[-1:]:
-            m = measure(
-                urls,
-                PATIENT_VIEW,
-                rotating(patient_view, patients),
-                c,
-                seconds=seconds,
-                repeats=repeats,
-                warmup=warmup,
-                pids=pids,
-            )
-            out["concurrency"].append(m)
-            say(line(f"patient-view ({runtime})", m))
-        for c in args.order_levels if sweeps else ():
-            m = measure(
-                urls,
-                ORDER_SIGN,
-                rotating(order_sign, patients),
-                c,
-                seconds=seconds,
-                repeats=repeats,
-                warmup=warmup,
-                pids=pids,
-            )
-            out["order_sign"].append(m)
-            say(line(f"order-sign ({runtime})", m))
+        hooks = (
+            ("concurrency", "patient-view", PATIENT_VIEW, patient_view, args.levels),
+            ("order_sign", "order-sign", ORDER_SIGN, order_sign, args.order_levels),
+        )
+        for key, label, path, body, levels in hooks:
+            # Without the sweeps: patient-view at the highest level only, no order-sign.
+            for c in levels if sweeps else (levels[-1:] if key == "concurrency" else ()):
+                m = measure(
+                    urls,
+                    path,
+                    rotating(body, patients),
+                    c,
+                    seconds=seconds,
+                    repeats=repeats,
+                    warmup=warmup,
+                    pids=pids,
+                )
+                out[key].append(m)
+                say(line(f"{label} ({runtime})", m))
         if not sweeps:
             return out
         # Episode length: one episode at a time, at c=1.
