@@ -266,7 +266,7 @@ def test_unknown_never_acts_as_false(guideline: Guideline) -> None:
     assert organ.missing == ("fibrinogen",)
     assert e("hines_identification").value is Tri.UNKNOWN
     # all(UNKNOWN, FALSE, UNKNOWN) is FALSE: active, escalating CRS decides it
-    facts.grades["crs"].append((facts.now, 3))
+    facts.add_grade("crs", facts.now, 3)
     e = Evaluation(guideline, facts)
     assert e("ferritin_raised").value is Tri.UNKNOWN
     assert e("crs_resolving_or_absent").value is Tri.FALSE

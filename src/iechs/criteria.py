@@ -180,6 +180,8 @@ class Facts:
         self.series: dict[str, tuple[list[datetime], list[float]]] = {}
         self.findings: dict[str, tuple[datetime, bool, int | None]] = {}
         self.grades: dict[str, list[tuple[datetime, int]]] = {"crs": [], "icans": []}
+        #: the highest grade of each kind so far (kept as grades are added: `add_grade`).
+        self.peaks: dict[str, int] = {}
         self.infection: tuple[datetime, str] | None = None
         self.antimicrobials: tuple[datetime, bool] | None = None
         self.responses: list[tuple[datetime, str]] = []
@@ -201,6 +203,7 @@ class Facts:
         new.series = {code: (list(t), list(v)) for code, (t, v) in self.series.items()}
         new.findings = dict(self.findings)
         new.grades = {kind: list(items) for kind, items in self.grades.items()}
+        new.peaks = dict(self.peaks)
         new.responses = list(self.responses)
         new.doses = list(self.doses)
         new.therapies = {
@@ -221,6 +224,11 @@ class Facts:
             s = self.series[code] = ([], [])
         s[0].append(at)
         s[1].append(value)
+
+    def add_grade(self, of: str, at: datetime, grade: int) -> None:
+        self.grades[of].append((at, grade))
+        if grade > self.peaks.get(of, grade - 1):
+            self.peaks[of] = grade
 
     def latest(self, code: str, max_age_hours: float) -> tuple[datetime, float] | None:
         s = self.series.get(code)
@@ -626,10 +634,15 @@ def _read_threshold(n: _Node) -> Read:
     code = n.spec.observation
 
     def read(ev: Evaluation) -> tuple[Tri, Any]:
-        latest = ev.facts.latest(code, validity)
-        if latest is None:
+        facts = ev.facts  # Facts.latest, in line (the most read criterion)
+        s = facts.series.get(code)
+        if not s or not s[0]:
             return _U, None
-        return (_T if op(latest[1], limit) else _F), latest
+        at = s[0][-1]
+        if (facts.now - at).total_seconds() / 3600 > validity:
+            return _U, None
+        value = s[1][-1]
+        return (_T if op(value, limit) else _F), (at, value)
 
     return read
 
@@ -804,7 +817,7 @@ def _read_grade(n: _Node) -> Read:
         if facts.hours_since(last[0]) > validity:
             return _U, (last, None)
         if peak_wanted:
-            peak = max(g for _, g in grades)
+            peak = facts.peaks[of]
             return (_T if op(last[1], peak) else _F), (last, peak)
         return (_T if op(last[1], value) else _F), (last, None)
 

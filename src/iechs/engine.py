@@ -75,11 +75,24 @@ class Hop(NamedTuple):
 
 
 class Choice(NamedTuple):
-    """A transition as `_choose` reads it: its guard, and its guard's result for each value."""
+    """A transition as `_choose` reads it: its guard, and its guard's result for each value
+    (TRUE, FALSE, UNKNOWN: picked by identity, not by hashing the value)."""
 
     ref: TransitionRef
     guard: Callable[[Evaluation], Tri] | None
-    results: dict[Tri, GuardResult]
+    on_true: GuardResult
+    on_false: GuardResult
+    on_unknown: GuardResult
+
+
+class ActionEntry(NamedTuple):
+    """An action as `Episode._actions` reads it: its guard, and what its UNKNOWN reading
+    names (the criteria to look into, the action as the `measure` action says it waits)."""
+
+    definition: ActionDef
+    guard: Callable[[Evaluation], Tri]
+    names: tuple[str, ...]
+    waiting: str
 
 
 class Engine:
@@ -128,7 +141,7 @@ class Engine:
                     plan.guard(ref.definition.when, ref.definition.unless)
                     if ref.definition.when or ref.definition.unless
                     else None,
-                    {v: self.guard_result(ref, v) for v in Tri},
+                    *(self.guard_result(ref, v) for v in (Tri.TRUE, Tri.FALSE, Tri.UNKNOWN)),
                 )
                 for ref in refs
             )
@@ -159,10 +172,17 @@ class Engine:
         self._charts = threading.local()
         #: the guideline's actions and `upon: step` rules that apply in each state, in order.
         #: (each with its guard, compiled).
-        self.actions_in: dict[str, tuple[tuple[ActionDef, Callable[[Evaluation], Tri]], ...]] = {
-            sid: tuple(
-                (a, plan.guard(a.when, a.unless)) for a in g.actions.values() if sid in a.states
+        entries = {
+            code: ActionEntry(
+                a,
+                plan.guard(a.when, a.unless),
+                (*a.when, *a.unless),
+                " ".join(a.text.split()).rstrip("."),
             )
+            for code, a in g.actions.items()
+        }
+        self.actions_in: dict[str, tuple[ActionEntry, ...]] = {
+            sid: tuple(e for code, e in entries.items() if sid in g.actions[code].states)
             for sid in g.states
         }
         self.step_rules_in: dict[str, tuple[tuple[str, Rule, Callable[[Evaluation], Tri]], ...]] = {
@@ -697,9 +717,9 @@ class Episode:
             f.findings[event.code] = (at, event.present, event.grade)
         elif isinstance(event, AssessmentEvent):
             if event.crs_grade is not None:
-                f.grades["crs"].append((at, event.crs_grade))
+                f.add_grade("crs", at, event.crs_grade)
             if event.icans_grade is not None:
-                f.grades["icans"].append((at, event.icans_grade))
+                f.add_grade("icans", at, event.icans_grade)
             if event.infection is not None:
                 f.infection = (at, event.infection)
             if event.antimicrobials is not None:
@@ -825,16 +845,23 @@ class Episode:
         """The transition `machine_event` takes from `state`: the first TRUE guard, else (for a
         treatment) the first UNKNOWN one."""
         unknown: Hop | None = None
-        for ref, guard, read_as in self.engine.choices.get((state, machine_event), ()):
+        for ref, guard, on_true, on_false, on_unknown in self.engine.choices.get(
+            (state, machine_event), ()
+        ):
             if guard is None:
                 return Hop(ref, _TRUE, line_start)
             value = guard(evaluation)
-            if results is not None:
-                results.append(read_as[value])
             if value is _TRUE:
+                if results is not None:
+                    results.append(on_true)
                 return Hop(ref, value, line_start)
-            if value is _UNKNOWN_TRI and unknown is None and machine_event not in _NO_UNKNOWN:
-                unknown = Hop(ref, value, line_start)
+            if value is _UNKNOWN_TRI:
+                if results is not None:
+                    results.append(on_unknown)
+                if unknown is None and machine_event not in _NO_UNKNOWN:
+                    unknown = Hop(ref, value, line_start)
+            elif results is not None:
+                results.append(on_false)
         return unknown
 
     def _evaluation_from(self, line_start: datetime) -> Evaluation:
@@ -1178,35 +1205,33 @@ class Episode:
         """What the guideline says to do now, in its order; an action whose criteria are
         UNKNOWN becomes one `measure` action naming what to measure."""
         out: list[Action] = []
-        missing: list[str] = []
+        missing: list[str] | None = None  # None: nothing to measure
         waiting: list[str] = []
         cites: list[str] = []
-        measure_at: int | None = None
-        for a, guard in self.engine.actions_in[self._state]:
+        measure_at = 0
+        for a, guard, names, waiting_for in self.engine.actions_in[self._state]:
             value = guard(evaluation)
-            if value is Tri.FALSE:
-                continue
-            if value is Tri.UNKNOWN:
-                names = tuple(n for n in (*a.when, *a.unless) if evaluation.value(n) is Tri.UNKNOWN)
-                missing += [x for x in evaluation.missing_for(names) if x not in missing]
-                waiting.append(" ".join(a.text.split()).rstrip("."))
+            if value is _TRUE:
+                out.append(self._action(a.code, a, evaluation))
+            elif value is _UNKNOWN_TRI:
+                if missing is None:
+                    missing, measure_at = [], len(out)
+                unknown = tuple(n for n in names if evaluation.value(n) is _UNKNOWN_TRI)
+                missing += [x for x in evaluation.missing_for(unknown) if x not in missing]
+                waiting.append(waiting_for)
                 cites += [c for c in a.cite if c not in cites]
-                if measure_at is None:
-                    measure_at = len(out)
-                continue
-            out.append(self._action(a.code, a, evaluation))
         for p in self._pending:
             d = p.hop.ref.definition
             pending = self._evaluation_from(p.hop.line_start)
-            names = tuple(n for n in (*d.when, *d.unless) if pending.value(n) is Tri.UNKNOWN)
-            items = [x for x in pending.missing_for(names) if x not in missing]
+            unknown = tuple(n for n in (*d.when, *d.unless) if pending.value(n) is _UNKNOWN_TRI)
+            items = [x for x in pending.missing_for(unknown) if x not in (missing or ())]
             if items:
+                if missing is None:
+                    missing, measure_at = [], 0
                 missing += items
                 waiting.append(f"whether {p.drug} is confirmed ({d.label})")
                 cites += [c for c in d.cite if c not in cites]
-                if measure_at is None:
-                    measure_at = 0
-        if measure_at is not None:
+        if missing is not None:
             out.insert(measure_at, self.engine.measure_action(missing, waiting, cites))
         return tuple(out)
 
