@@ -667,10 +667,14 @@ def _read_ratio(n: _Node) -> Read:
     code, if_abnormal = r.observation, r.baseline_if_abnormal
 
     def read(ev: Evaluation) -> tuple[Tri, Any]:
-        facts = ev.facts
-        latest = facts.latest(code, validity)
-        if latest is None:
+        facts = ev.facts  # Facts.latest, in line
+        s = facts.series.get(code)
+        if not s or not s[0]:
             return _U, None
+        at = s[0][-1]
+        if (facts.now - at).total_seconds() / 3600 > validity:
+            return _U, None
+        latest = (at, s[1][-1])
         base = facts.baseline.get(code)
         ref = fixed
         if ref is None:
