@@ -15,13 +15,28 @@ work, not replay the engine's answer:
   semantics: it is taken from the engine's decisions as a trace (`trace_of`), together with the
   indication the engine recorded for each dose. The baselines send those machine events and
   choose every target with their own guards; `Step.target` (the engine's state after the event)
-  is only used to check that they agree.
+  is only used to check that they agree;
+- after every event the engine decides, each baseline also decides the actions (what to do
+  next) as `Episode._actions` does: every action the guideline lists in the state it is in
+  after the event, with the same Kleene guard over its `when` and `unless` criteria (read
+  after the event's transitions, with the line start they set): TRUE lists the action's code
+  (in document order), UNKNOWN makes the engine list one `measure` action, FALSE nothing. An
+  event the engine only records (a fact whose order set continues, a value before the
+  infusion) decides nothing and keeps the previous actions; which events those are is again
+  the engine's semantics, taken from its decisions (`Step.decided`). The engine's action codes
+  (`Step.actions`, `Step.measure`) are only used to check that they agree. (The engine's
+  `measure` action also comes from transitions taken on UNKNOWN guards and waiting for fresh
+  data, which the baselines do not model: a baseline that lists `measure` must find one in the
+  engine's decision, not the other way round.)
 
 The three machines: `Floor` (a plain dict table `{(state, event): [(target, when, unless)]}`),
 `PsmBaseline` (a python-statemachine chart whose transitions have `cond` callables evaluating
 the same guards) and `TransitionsBaseline` (pytransitions with `conditions` doing the same).
-Each starts an episode per patient (`start`) whose `step(step)` records the event's facts and
-sends its machine events; `state` is where it is.
+Each starts an episode per patient (`start`, which decides the actions at the infusion as the
+engine's start does) whose `step(step)` records the event's facts, sends its machine events and
+decides the actions; `state` is where it is, `actions` the codes of its TRUE actions (`measure`
+aside) and `measure` whether it lists a `measure` action. `Floor(plan, actions=False)` is the
+floor without the actions (the state only, as the benchmark's first floor was).
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from iechs import Engine
@@ -47,6 +63,7 @@ from iechs.timeline import (
 
 __all__ = [
     "CLOSE",
+    "MEASURE",
     "REASSESS",
     "Facts",
     "Floor",
@@ -55,13 +72,19 @@ __all__ = [
     "PsmBaseline",
     "Step",
     "TransitionsBaseline",
+    "agrees",
     "compile_criteria",
+    "decide_actions",
+    "decided",
     "engine_trace",
     "trace_of",
 ]
 
 #: the machine events the engine sends for data and for closing (src/iechs/engine.py).
 REASSESS, CLOSE = "reassess", "close"
+#: the code of the engine's `measure` action (also the code of guideline actions that ask to
+#: measure, e.g. `screen` and `monitor-response`).
+MEASURE = "measure"
 
 #: a three-valued result: True, False, or None for UNKNOWN.
 Tri = bool | None
@@ -487,9 +510,32 @@ def guard_value(when: Sequence[Criterion], unless: Sequence[Criterion], f: Facts
     return None if unknown else True
 
 
+def decide_actions(
+    candidates: Iterable[tuple[str | None, Sequence[Criterion], Sequence[Criterion]]], f: Facts
+) -> tuple[tuple[str, ...], bool]:
+    """The actions in force (`Plan.actions_in` of the current state): the codes of those whose
+    guard is TRUE, in order, `measure` ones aside; and whether a `measure` action is listed
+    (one whose code is `measure` is TRUE, or any is UNKNOWN)."""
+    codes: list[str] = []
+    measure = False
+    for code, when, unless in candidates:
+        v = guard_value(when, unless, f)
+        if v is True:
+            if code is None:
+                measure = True
+            else:
+                codes.append(code)
+        elif v is None:
+            measure = True
+    return tuple(codes), measure
+
+
 # --- the plan: what every baseline shares ---------------------------------------------------
 
 Candidate = tuple[str, tuple[Criterion, ...], tuple[Criterion, ...]]
+#: an action in a state: (code, when, unless); code None for an action whose code is
+#: `measure` (listed as the decision's `measure` action).
+ActionCandidate = tuple[str | None, tuple[Criterion, ...], tuple[Criterion, ...]]
 
 
 class Plan:
@@ -525,6 +571,19 @@ class Plan:
                 key = (sid, t.to)
                 if key not in self.route_event or t.event == REASSESS:
                     self.route_event[key] = t.event
+        #: state -> the actions listed in it, in document order (`guideline.actions`).
+        self.actions_in: dict[str, tuple[ActionCandidate, ...]] = {
+            sid: tuple(
+                (
+                    None if a.code == MEASURE else a.code,
+                    tuple(self.criteria[n] for n in a.when),
+                    tuple(self.criteria[n] for n in a.unless),
+                )
+                for a in g.actions.values()
+                if sid in a.states
+            )
+            for sid in g.states
+        }
 
     def facts(self, patient: Patient) -> Facts:
         return Facts(patient, risk_factors_of(patient, self.g.risk_factors))
@@ -617,18 +676,40 @@ class Hop(NamedTuple):
 
 class Step(NamedTuple):
     """One timeline event for a baseline: the event, the indication recorded for a dose, the
-    machine events to send, and the engine's state after it (only to check agreement)."""
+    machine events to send, whether the engine decided at it (else it only recorded the event
+    and kept the previous actions); and, only to check agreement, the engine's state after it,
+    its action codes (`measure` aside, in order) and whether it listed a `measure` action."""
 
     event: Event
     indication: str | None
     hops: tuple[Hop, ...]
     target: str
+    decided: bool
+    actions: tuple[str, ...]
+    measure: bool
 
 
-def trace_of(plan: Plan, events: Sequence[Event], decisions: Sequence[Decision]) -> list[Step]:
+def decided(event: Event, d: Decision, infusion_at: datetime) -> bool:
+    """Whether the engine decided at `event` (`Episode.step` past `_recorded_only`) or only
+    recorded it (`Episode._unchanged`: a fact with more of its order set to follow, or anything
+    before the infusion), keeping the previous decision's actions. Every event the engine
+    decides sends a machine event (`reassess` for data, `close`, a drug class's event), except
+    a dose that sends none (given for another indication, or outside the formulary), and a dose
+    is always decided on its own unless it precedes the infusion. An empty `criteria` is no
+    signal: a dose for another indication in `resolved` evaluates no criterion and is decided
+    (the tests hold this rule to the engine's `_unchanged`)."""
+    return d.machine_event is not None or (
+        isinstance(event, TreatmentEvent) and event.at >= infusion_at
+    )
+
+
+def trace_of(
+    plan: Plan, events: Sequence[Event], decisions: Sequence[Decision], infusion_at: datetime
+) -> list[Step]:
     """The steps of a run from the engine's decisions (one per event, in order): the machine
     event each sent (`Decision.machine_event`), the states it passed through (`via`), where
-    it ended (`target`) and the indication it read for a dose (`inferred`, or the event's)."""
+    it ended (`target`), the indication it read for a dose (`inferred`, or the event's),
+    whether it decided (`decided`) and the actions it listed (`actions`)."""
     steps: list[Step] = []
     for event, d in zip(events, decisions, strict=True):
         indication: str | None = None
@@ -651,14 +732,28 @@ def trace_of(plan: Plan, events: Sequence[Event], decisions: Sequence[Decision])
                 hops = (*first, last)
             else:
                 hops = (last,)
-        steps.append(Step(event, indication, hops, d.target))
+        codes = tuple(a.code for a in d.actions if a.code != MEASURE)
+        measure = len(codes) != len(d.actions)
+        steps.append(
+            Step(
+                event,
+                indication,
+                hops,
+                d.target,
+                decided(event, d, infusion_at),
+                codes,
+                measure,
+            )
+        )
     return steps
 
 
 def engine_trace(engine: Engine, plan: Plan, timeline: Timeline) -> list[Step]:
     """Run the timeline through the engine (retrospectively, `Engine.run`) and take its trace."""
     episode = engine.run(timeline)
-    return trace_of(plan, timeline.events, episode.decisions[1:])  # [0]: the start
+    return trace_of(  # [0]: the start
+        plan, timeline.events, episode.decisions[1:], timeline.patient.infusion_at
+    )
 
 
 # --- the machines ---------------------------------------------------------------------------
@@ -668,23 +763,79 @@ class BaselineEpisode(Protocol):
     @property
     def state(self) -> str: ...
 
+    @property
+    def actions(self) -> tuple[str, ...]: ...
+
+    @property
+    def measure(self) -> bool: ...
+
     def step(self, step: Step) -> None: ...
 
 
 class Floor:
-    """The floor: a plain dict table and a loop, no library."""
+    """The floor: a plain dict table and a loop, no library. `actions=False`: the state only,
+    no actions decided (the benchmark's first floor)."""
 
-    name = "plain dict table (the floor)"
-
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, *, actions: bool = True) -> None:
         self.plan = plan
+        self.decides_actions = actions
+        self.name = (
+            "plain dict table (the floor)"
+            if actions
+            else "plain dict table, state only (the first floor)"
+        )
 
     def start(self, patient: Patient) -> FloorEpisode:
-        return FloorEpisode(self.plan, patient)
+        if self.decides_actions:
+            return FloorEpisode(self.plan, patient)
+        return StateFloorEpisode(self.plan, patient)
 
 
 class FloorEpisode:
-    __slots__ = ("facts", "plan", "record", "state", "table")
+    __slots__ = ("actions", "actions_in", "facts", "measure", "plan", "record", "state", "table")
+
+    def __init__(self, plan: Plan, patient: Patient) -> None:
+        self.plan = plan
+        self.table = plan.table
+        self.record = plan.record
+        self.actions_in = plan.actions_in
+        self.facts = plan.facts(patient)
+        self.state = plan.initial
+        self.actions, self.measure = decide_actions(self.actions_in[self.state], self.facts)
+
+    def step(self, step: Step) -> None:
+        f = self.facts
+        self.record(f, step.event, step.indication)
+        table = self.table
+        for hop in step.hops:
+            candidates = table.get((self.state, hop.event))
+            if candidates is None:
+                continue
+            chosen: str | None = None
+            unknown: str | None = None
+            through = hop.through
+            for target, when, unless in candidates:
+                if through is not None and (target, through) not in table:
+                    continue
+                v = guard_value(when, unless, f)
+                if v is True:
+                    chosen = target
+                    break
+                if v is None and unknown is None and hop.unknown_ok:
+                    unknown = target
+            if chosen is None:
+                chosen = unknown
+            if chosen is not None:
+                self.state = chosen
+                f.line_start = self.plan.line_start(f, hop)
+        if step.decided:
+            self.actions, self.measure = decide_actions(self.actions_in[self.state], f)
+
+
+class StateFloorEpisode(FloorEpisode):
+    """The floor deciding the state only: no actions (`actions` stays empty)."""
+
+    __slots__ = ()
 
     def __init__(self, plan: Plan, patient: Patient) -> None:
         self.plan = plan
@@ -692,8 +843,9 @@ class FloorEpisode:
         self.record = plan.record
         self.facts = plan.facts(patient)
         self.state = plan.initial
+        self.actions, self.measure = (), False
 
-    def step(self, step: Step) -> None:
+    def step(self, step: Step) -> None:  # FloorEpisode.step without its last two lines
         f = self.facts
         self.record(f, step.event, step.indication)
         table = self.table
@@ -758,6 +910,7 @@ class PsmBaseline:
     transition's `cond` evaluates its guard over the facts handed to `send`."""
 
     name = "python-statemachine with guards"
+    decides_actions = True
 
     def __init__(self, plan: Plan) -> None:
         from statemachine.io.class_factory import create_machine_class_from_definition
@@ -805,9 +958,11 @@ def _psm_callback(fn: Callable[[Facts, Hop], Any], name: str) -> Callable[..., A
 class PsmEpisode:
     def __init__(self, plan: Plan, machine: Any, patient: Patient) -> None:
         self.record = plan.record
+        self.actions_in = plan.actions_in
         self.machine = machine
         self.send = machine.send
         self.facts = plan.facts(patient)
+        self.actions, self.measure = decide_actions(self.actions_in[self.state], self.facts)
 
     @property
     def state(self) -> str:
@@ -818,6 +973,8 @@ class PsmEpisode:
         self.record(f, step.event, step.indication)
         for hop in step.hops:
             self.send(hop.event, facts=f, hop=hop)
+        if step.decided:
+            self.actions, self.measure = decide_actions(self.actions_in[self.state], f)
 
 
 class TransitionsBaseline:
@@ -825,6 +982,7 @@ class TransitionsBaseline:
     `conditions` evaluate its guard over the facts handed to the trigger."""
 
     name = "pytransitions with guards"
+    decides_actions = True
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -873,9 +1031,11 @@ def _keyword_callback(fn: Callable[[Facts, Hop], Any]) -> Callable[..., Any]:
 class TransitionsEpisode:
     def __init__(self, plan: Plan, machine: Any, patient: Patient) -> None:
         self.record = plan.record
+        self.actions_in = plan.actions_in
         self.machine = machine
         self.trigger = machine.trigger
         self.facts = plan.facts(patient)
+        self.actions, self.measure = decide_actions(self.actions_in[self.state], self.facts)
 
     @property
     def state(self) -> str:
@@ -886,14 +1046,25 @@ class TransitionsEpisode:
         self.record(f, step.event, step.indication)
         for hop in step.hops:
             self.trigger(hop.event, facts=f, hop=hop)
+        if step.decided:
+            self.actions, self.measure = decide_actions(self.actions_in[self.state], f)
 
 
-def mismatches(episode: BaselineEpisode, steps: Iterable[Step]) -> int:
-    """Step a baseline episode through a trace; the number of events after which it is not
-    in the engine's state."""
+def agrees(episode: BaselineEpisode, step: Step, *, actions: bool = True) -> bool:
+    """Whether a baseline episode, after `step`, made the engine's decision: its state, and
+    (with `actions`) its TRUE action codes, with a `measure` action in the engine's decision
+    when it lists one (the engine may list one the baselines do not model: see above)."""
+    return episode.state == step.target and (
+        not actions or (episode.actions == step.actions and (step.measure or not episode.measure))
+    )
+
+
+def mismatches(episode: BaselineEpisode, steps: Iterable[Step], *, actions: bool = True) -> int:
+    """Step a baseline episode through a trace; the number of events after which it does not
+    make the engine's decision (`agrees`)."""
     wrong = 0
     for s in steps:
         episode.step(s)
-        if episode.state != s.target:
+        if not agrees(episode, s, actions=actions):
             wrong += 1
     return wrong

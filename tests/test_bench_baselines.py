@@ -2,11 +2,14 @@
 
 `benchmarks/bench.py` compares the engine with three baselines that compile the guideline's
 criteria themselves and choose every transition with their own guards over their own facts:
-the floor (a plain dict table), python-statemachine and pytransitions. Its claim "results
-equal" rests on these tests: on synthetic patients, the bundled examples and two courses that
-take a route through a state, every baseline is in the engine's state after every event; a
-baseline with one wrong guard is caught; and the guard compiler gives, on hand-built facts, the
-values the guideline's definitions give (reasoned here, not read from the engine).
+the floor (a plain dict table), python-statemachine and pytransitions, and then decide the
+actions (what to do next) with the same guards. Its claim "results equal" rests on these tests:
+on synthetic patients, the bundled examples and two courses that take a route through a state,
+every baseline is in the engine's state and lists the engine's actions after every event; a
+baseline with one wrong guard, or one that ignores the actions, is caught; an event the engine
+only records keeps the previous actions, and the trace tells those events exactly; and the
+guard compiler gives, on hand-built facts, the values the guideline's definitions give
+(reasoned here, not read from the engine).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 import pytest
 
 from iechs import Engine, Timeline, load_guideline, load_timeline, parse_timeline
+from iechs.decision import Decision
+from iechs.engine import Episode
 from iechs.synthetic import synthetic_cohort
 from iechs.timeline import Patient
 
@@ -199,6 +204,31 @@ def test_every_baseline_is_in_the_engine_state_after_every_event(machine: Any) -
             assert episode.state == step.target, (timeline.patient.id, i, step)
 
 
+@pytest.mark.parametrize("machine", _machines())
+def test_every_baseline_lists_the_engine_actions_after_every_event(machine: Any) -> None:
+    """After every event each baseline lists the codes of the engine's actions (`measure`
+    aside, in order), and a `measure` action exactly where the engine lists one: 0 mismatches.
+    (The bench lets the engine list a `measure` action a baseline does not, for a treatment
+    waiting for confirmation; with this guideline that happens only on a line, where
+    `monitor-response`, code measure and no criteria, lists one anyway.) The sample lists
+    every action code of the guideline and a `measure` action at some events and not at
+    others, so a baseline that got one of them wrong would show."""
+    baseline = machine(PLAN)
+    for timeline, steps in TRACES:
+        episode = baseline.start(timeline.patient)
+        for i, step in enumerate(steps):
+            episode.step(step)
+            assert (episode.actions, episode.measure) == (step.actions, step.measure), (
+                timeline.patient.id,
+                i,
+                step,
+            )
+    listed = {c for _, steps in TRACES for s in steps for c in s.actions}
+    codes = {a.code for a in GUIDELINE.actions.values()} - {b.MEASURE}
+    assert listed == codes
+    assert {s.measure for _, steps in TRACES for s in steps} == {True, False}
+
+
 def test_a_wrong_guard_is_caught() -> None:
     """The check has teeth: a floor whose `response_achieved` transition always holds leaves
     every line at the first data event, and disagrees with the engine."""
@@ -208,6 +238,125 @@ def test_a_wrong_guard_is_caught() -> None:
             plan.table[(state, event)] = [("resolved", (lambda f: True,), ())]
     wrong = sum(b.mismatches(b.Floor(plan).start(t.patient), steps) for t, steps in TRACES)
     assert wrong > 0
+
+
+def test_a_floor_without_actions_is_caught() -> None:
+    """The actions are checked: the state-only floor is in the engine's state after every event
+    (as the first floor was) but lists no actions, and `mismatches` counts that."""
+    state_only = b.Floor(PLAN, actions=False)
+    for t, steps in TRACES:
+        assert b.mismatches(state_only.start(t.patient), steps, actions=False) == 0
+    wrong = sum(b.mismatches(state_only.start(t.patient), steps) for t, steps in TRACES)
+    assert wrong > 0
+
+
+# --- the actions on hand-built steps ------------------------------------------------------------
+
+LINE_1 = "first_line_steroids"
+
+
+def hand_steps(*events: dict[str, Any] | list[dict[str, Any]], decided: bool = True) -> list[Any]:
+    """The events of a hand-built course as steps that send no machine event (the state is
+    set by hand) and are decided (or only recorded); the engine's part is left empty."""
+    timeline = parse_timeline(doc("hand-actions", *events), GUIDELINE)
+    return [
+        b.Step(e, getattr(e, "indication", None), (), LINE_1, decided, (), False)
+        for e in timeline.events
+    ]
+
+
+def floor_on_first_line(line_start_hours: float) -> Any:
+    """A floor episode put by hand in `first_line_steroids`, the line started at the given hour."""
+    episode = b.Floor(PLAN).start(Patient(id="hand-actions", infusion_at=T0))
+    episode.state = LINE_1
+    episode.facts.line_start = line_start_hours * HOUR
+    return episode
+
+
+def test_the_floor_adds_anakinra_on_worsening_unless_it_runs() -> None:
+    """In `first_line_steroids` the guideline lists, in order: `antimicrobials-first`
+    (start_antimicrobials, when infection is untreated), `anakinra-now` (add_anakinra, when
+    escalation is indicated: no response after the minimum time on the line, or `worsening`,
+    unless anakinra is running), `reassess` (no criteria) and `monitor-response` (code measure,
+    no criteria). With infection assessed as none and no antimicrobials, and a response
+    charted `worsening` after the line started: add_anakinra and reassess, and a `measure`
+    action. Once anakinra has been given (running within the continuity time), its `unless`
+    holds: reassess only."""
+    episode = floor_on_first_line(80)
+    for step in hand_steps(
+        assess(90, crs=1), {"at": at(100), "kind": "response", "assessment": "worsening"}
+    ):
+        episode.step(step)
+    assert (episode.state, episode.actions, episode.measure) == (
+        LINE_1,
+        ("add_anakinra", "reassess"),
+        True,
+    )
+    (dose,) = hand_steps(give(101, "anakinra"))
+    episode.step(dose)
+    assert (episode.actions, episode.measure) == (("reassess",), True)
+
+
+def test_recorded_only_events_keep_the_previous_actions() -> None:
+    """An event the engine only records decides nothing: the `worsening` response above,
+    recorded only, leaves the actions as they were (reassess); the next decided event lists
+    add_anakinra. The engine does the same: every recorded-only step of the traces repeats the
+    step before it (or the start's actions)."""
+    episode = floor_on_first_line(80)
+    (assessment,) = hand_steps(assess(90, crs=1))
+    episode.step(assessment)
+    assert episode.actions == ("reassess",)
+    (response,) = hand_steps(
+        {"at": at(100), "kind": "response", "assessment": "worsening"}, decided=False
+    )
+    episode.step(response)
+    assert episode.actions == ("reassess",)
+    (again,) = hand_steps(assess(100.5, crs=1))
+    episode.step(again)
+    assert episode.actions == ("add_anakinra", "reassess")
+    for timeline, steps in TRACES:
+        start = ENGINE.start(timeline.patient).decisions[0]
+        codes = tuple(a.code for a in start.actions if a.code != b.MEASURE)
+        before = (codes, len(codes) != len(start.actions))
+        for s in steps:
+            if not s.decided:
+                assert (s.actions, s.measure) == before
+            before = (s.actions, s.measure)
+    assert any(not s.decided for _, steps in TRACES for s in steps)
+
+
+def test_decided_is_what_the_engine_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Step.decided` (taken from the decision) is false exactly for the decisions the engine
+    made with `Episode._unchanged` (recorded only), on the traces above and on two cases the
+    decision's fields alone would misread: a dose for another indication in `resolved`, which
+    is decided but sends no machine event and evaluates no criterion, and a dose before the
+    infusion, only recorded."""
+    recorded: dict[int, Decision] = {}  # kept alive: an id is not reused
+    unchanged = Episode._unchanged
+
+    def spy(self: Episode, *args: Any, **kwargs: Any) -> Decision:
+        decision = unchanged(self, *args, **kwargs)
+        recorded[id(decision)] = decision
+        return decision
+
+    monkeypatch.setattr(Episode, "_unchanged", spy)
+    course = recurrence_through_suspected()
+    course["events"] += [give(-2, "dexamethasone", "other"), give(400, "paracetamol", "other")]
+    course["events"].sort(key=lambda e: str(e["at"]))
+    checked = [*timelines(), parse_timeline(course, GUIDELINE)]
+    for timeline in checked:
+        episode = ENGINE.run(timeline)
+        steps = b.trace_of(
+            PLAN, timeline.events, episode.decisions[1:], timeline.patient.infusion_at
+        )
+        for step, d in zip(steps, episode.decisions[1:], strict=True):
+            assert step.decided is (id(d) not in recorded), (timeline.patient.id, d.step)
+    paracetamol = [
+        s
+        for s, d in zip(steps, episode.decisions[1:], strict=True)
+        if getattr(s.event, "drug", None) == "paracetamol"
+    ]
+    assert [(s.decided, s.target, s.hops) for s in paracetamol] == [(True, "resolved", ())]
 
 
 # --- the guard compiler on hand-built facts -----------------------------------------------------
