@@ -786,22 +786,36 @@ class Floor:
         )
 
     def start(self, patient: Patient) -> FloorEpisode:
-        if self.decides_actions:
-            return FloorEpisode(self.plan, patient)
-        return StateFloorEpisode(self.plan, patient)
+        return FloorEpisode(self.plan, patient, decides=self.decides_actions)
 
 
 class FloorEpisode:
-    __slots__ = ("actions", "actions_in", "facts", "measure", "plan", "record", "state", "table")
+    """`decides`: whether it decides the actions (else they stay empty: the state-only floor)."""
 
-    def __init__(self, plan: Plan, patient: Patient) -> None:
+    __slots__ = (
+        "actions",
+        "actions_in",
+        "decides",
+        "facts",
+        "measure",
+        "plan",
+        "record",
+        "state",
+        "table",
+    )
+
+    def __init__(self, plan: Plan, patient: Patient, *, decides: bool = True) -> None:
         self.plan = plan
         self.table = plan.table
         self.record = plan.record
         self.actions_in = plan.actions_in
+        self.decides = decides
         self.facts = plan.facts(patient)
         self.state = plan.initial
-        self.actions, self.measure = decide_actions(self.actions_in[self.state], self.facts)
+        self.actions: tuple[str, ...] = ()
+        self.measure = False
+        if decides:
+            self.actions, self.measure = decide_actions(self.actions_in[self.state], self.facts)
 
     def step(self, step: Step) -> None:
         f = self.facts
@@ -828,48 +842,8 @@ class FloorEpisode:
             if chosen is not None:
                 self.state = chosen
                 f.line_start = self.plan.line_start(f, hop)
-        if step.decided:
+        if step.decided and self.decides:
             self.actions, self.measure = decide_actions(self.actions_in[self.state], f)
-
-
-class StateFloorEpisode(FloorEpisode):
-    """The floor deciding the state only: no actions (`actions` stays empty)."""
-
-    __slots__ = ()
-
-    def __init__(self, plan: Plan, patient: Patient) -> None:
-        self.plan = plan
-        self.table = plan.table
-        self.record = plan.record
-        self.facts = plan.facts(patient)
-        self.state = plan.initial
-        self.actions, self.measure = (), False
-
-    def step(self, step: Step) -> None:  # FloorEpisode.step without its last two lines
-        f = self.facts
-        self.record(f, step.event, step.indication)
-        table = self.table
-        for hop in step.hops:
-            candidates = table.get((self.state, hop.event))
-            if candidates is None:
-                continue
-            chosen: str | None = None
-            unknown: str | None = None
-            through = hop.through
-            for target, when, unless in candidates:
-                if through is not None and (target, through) not in table:
-                    continue
-                v = guard_value(when, unless, f)
-                if v is True:
-                    chosen = target
-                    break
-                if v is None and unknown is None and hop.unknown_ok:
-                    unknown = target
-            if chosen is None:
-                chosen = unknown
-            if chosen is not None:
-                self.state = chosen
-                f.line_start = self.plan.line_start(f, hop)
 
 
 def _conditions(
