@@ -294,3 +294,23 @@ def test_count_of_is_three_valued(guideline: Guideline) -> None:
     assert count.missing == ("grade of pulmonary_edema",)
     facts.findings["pulmonary_edema"] = (facts.now, True, 3)
     assert Evaluation(guideline, facts)("organ_toxicity_count_2").value is Tri.TRUE
+
+
+def test_crs_below_its_peak_reads_the_highest_grade_so_far(guideline: Guideline) -> None:
+    """CRS is 'resolving' when the latest grade is below the highest grade seen so far
+    (hines-2023: IEC-HS surfaces as CRS resolves). A clinician reading grades 1, 3, 2 calls it
+    resolving (2 is below the peak 3); a later grade 4 is a new peak (not below it); grade 0
+    then is below the peak 4 again. The peak is the highest of all grades, however many came
+    between (the engine keeps it as grades arrive)."""
+    facts = Facts(patient(guideline), guideline.risk_factors)
+    readings: list[Tri] = []
+    for hours, grade in [(24, 1), (48, 3), (72, 2), (96, 2), (120, 4), (144, 0)]:
+        facts.now = T0 + timedelta(hours=hours)
+        facts.add_grade("crs", facts.now, grade)
+        readings.append(Evaluation(guideline, facts)("crs_below_peak").value)
+    assert readings == [Tri.FALSE, Tri.FALSE, Tri.TRUE, Tri.TRUE, Tri.FALSE, Tri.TRUE]
+    assert facts.peaks == {"crs": 4}
+    # a copy keeps its own peak: grades added to it do not raise the original's
+    fork = facts.copy()
+    fork.add_grade("crs", facts.now, 5)
+    assert (facts.peaks, fork.peaks) == ({"crs": 4}, {"crs": 5})
