@@ -14,10 +14,13 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
+# An editable install is not byte-compiled (a wheel install is); where PYTHONDONTWRITEBYTECODE is
+# set (as in some sandboxes), Python would then compile every module of src/ on every start.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m compileall -q src
 	touch $@
 
 demo: install
