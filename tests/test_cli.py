@@ -123,3 +123,28 @@ def test_cli_start_up_loads_no_engine() -> None:
         or m in ("iechs.engine", "iechs.loader", "iechs.criteria", "iechs.timeline", "iechs.verify")
     ]
     assert heavy == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "examples/day14-steroid-response.json", "--runtime", "table", "--format", "json"],
+        ["run", "x.json", "--store", "audit.db"],
+        ["validate", "g.yaml", "--baseline", "HEAD~1:g.yaml", "--strict", "--unverified"],
+        ["verify", "--format", "json"],
+        ["demo", "--guideline", "g.yaml"],
+        ["audit", "verify", "audit.db"],
+        ["replay-cohort", "cohort.jsonl", "--workers", "2", "--out", "r.jsonl"],
+        ["synth", "--patients", "5", "--out", "c.jsonl"],
+        ["report", "results.jsonl", "--format", "json"],
+    ],
+)
+def test_a_parser_for_one_command_reads_its_line_as_the_full_parser(argv: list[str]) -> None:
+    """`main` builds only the named command's parser (the others cost most of the parsing):
+    the arguments it reads must be those the parser of every command reads."""
+    from iechs.cli import _parser
+
+    command = argv[0]
+    assert vars(_parser({command}, only=command).parse_args(argv)) == vars(
+        _parser({command}).parse_args(argv)
+    )

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +63,13 @@ def examples_dir() -> Path:
     return here.parent / "examples"
 
 
-def _parser(configure: Collection[str] | None = None) -> argparse.ArgumentParser:
+def _parser(
+    configure: Collection[str] | None = None, *, only: str | None = None
+) -> argparse.ArgumentParser:
     """The command line's parser. `configure`: the external commands whose modules are imported
-    to add their arguments (default: all); the others are listed with their help only."""
+    to add their arguments (default: all); the others are listed with their help only. `only`:
+    a known command, the only one the parser gets (it parses that command's line as the full
+    parser does; making every other command's parser is most of the parser's cost)."""
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -75,7 +79,19 @@ def _parser(configure: Collection[str] | None = None) -> argparse.ArgumentParser
     )
     parser.add_argument("--version", action="version", version=f"iechs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, add in _BUILT_IN.items():
+        if only is None or name == only:
+            add(sub)
+    for name, module_name in EXTERNAL_COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        p = sub.add_parser(name, help=COMMAND_HELP[name])
+        if configure is None or name in configure:
+            importlib.import_module(module_name).configure(p)
+    return parser
 
+
+def _add_validate(sub: Any) -> None:
     p = sub.add_parser("validate", help="load and check a guideline (default: the bundled one)")
     p.add_argument("guideline", nargs="?", help="guideline YAML (default: bundled iec-hs.yaml)")
     p.add_argument(
@@ -90,6 +106,8 @@ def _parser(configure: Collection[str] | None = None) -> argparse.ArgumentParser
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when there are author warnings")
 
+
+def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run a patient timeline through the engine")
     p.add_argument("timeline", help="timeline JSON file")
     p.add_argument("--guideline", help="guideline YAML (default: bundled iec-hs.yaml)")
@@ -108,19 +126,26 @@ def _parser(configure: Collection[str] | None = None) -> argparse.ArgumentParser
         "decisions, byte for byte, without loading python-statemachine: a faster start)",
     )
 
+
+def _add_verify(sub: Any) -> None:
     p = sub.add_parser("verify", help="prove the guideline's safety properties over every path")
     p.add_argument("guideline", nargs="?", help="guideline YAML (default: bundled iec-hs.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the bundled example timelines")
     p.add_argument("--guideline", help="guideline YAML (default: bundled iec-hs.yaml)")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
-    for name, module_name in EXTERNAL_COMMANDS.items():
-        p = sub.add_parser(name, help=COMMAND_HELP[name])
-        if configure is None or name in configure:
-            importlib.import_module(module_name).configure(p)
-    return parser
+
+#: the commands defined here, in the order `iechs --help` lists them (then the external ones).
+_BUILT_IN: dict[str, Callable[[Any], None]] = {
+    "validate": _add_validate,
+    "run": _add_run,
+    "verify": _add_verify,
+    "demo": _add_demo,
+}
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
@@ -137,7 +162,8 @@ def _command_in(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
-    args = _parser({command} if command else ()).parse_args(argv)
+    known = command in _BUILT_IN or command in EXTERNAL_COMMANDS
+    args = _parser({command} if command else (), only=command if known else None).parse_args(argv)
     if args.command in EXTERNAL_COMMANDS and args.command != command:  # pragma: no cover
         args = _parser().parse_args(argv)  # never expected: parse with every command's arguments
     from .errors import IechsError
