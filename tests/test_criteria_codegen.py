@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from iechs import Engine, load_guideline
 from iechs.criteria import CriteriaPlan, Evaluation, Tri
-from iechs.criteria_codegen import _MAX_INLINE, compile_combinations
+from iechs.criteria_codegen import _MAX_INLINE, compile_combinations, compile_guard
 from iechs.synthetic import synthetic_cohort
 from iechs.timeline import parse_timeline
 
@@ -55,12 +55,16 @@ class FakeEvaluation:
 
 
 def oracle(
-    nodes: dict[str, Node], leaves: dict[str, Tri], root: str
+    nodes: dict[str, Node],
+    leaves: dict[str, Tri],
+    root: str,
+    known: dict[str, Tri] | None = None,
 ) -> tuple[list[tuple[str, Tri]], dict[str, int]]:
     """Kleene evaluation of `root`: (the (name, value) pairs in the order they are stored,
-    how many children each combination read)."""
+    how many children each combination read). `known`: what an evaluation already read (not
+    read, nor stored, again; updated)."""
     order: list[tuple[str, Tri]] = []
-    known: dict[str, Tri] = {}
+    known = {} if known is None else known
     kept: dict[str, int] = {}
 
     def read(name: str) -> Tri:
@@ -164,6 +168,44 @@ def test_compiled_combinations_follow_kleene_logic_in_order(tree: Any, data: st.
             assert ev._payload[name] == expected_kept[name], name
 
 
+@settings(max_examples=300, deadline=None)
+@given(trees(), st.data())
+def test_a_compiled_guard_is_the_kleene_and_of_its_criteria_read_in_order(
+    tree: Any, data: st.DataObject
+) -> None:
+    """A guard (`when` all TRUE, no `unless` TRUE) reads every criterion it names, in order,
+    each once, storing what a combination's own reading stores (its combinations written out
+    in line, deep ones called); its value is the Kleene AND of the `when` values and of the
+    negated `unless` values."""
+    nodes, leaves = tree
+    readers: dict[str, Any] = {name: leaf_reader(name, v) for name, v in leaves.items()}
+    readers.update(compile_combinations(nodes, readers, (T, F, U)))
+    names = sorted(nodes)
+    when = tuple(data.draw(st.lists(st.sampled_from(names), max_size=3)))
+    unless = tuple(data.draw(st.lists(st.sampled_from(names), max_size=3)))
+    guard = compile_guard(when, unless, nodes, readers, (T, F, U))
+    ev = FakeEvaluation()
+    value = guard(ev)
+
+    known: dict[str, Tri] = {}
+    order: list[tuple[str, Tri]] = []
+    kept: dict[str, int] = {}
+    for name in (*when, *unless):
+        o, k = oracle(nodes, leaves, name, known)
+        order += o
+        kept.update(k)
+    expected = T
+    for v in [known[n] for n in when] + [{T: F, F: T, U: U}[known[n]] for n in unless]:
+        if v is F:
+            expected = F
+        elif v is U and expected is T:
+            expected = U
+    assert value is expected
+    assert list(ev.values.items()) == order
+    for name in ev.values:
+        assert ev._payload[name] == (f"kept by {name}" if name in leaves else kept[name]), name
+
+
 def test_a_criterion_already_read_is_not_read_again() -> None:
     """A shared child read by an earlier combination keeps its first reading (memoised)."""
     calls: list[str] = []
@@ -222,6 +264,7 @@ def _evaluations(guideline_path: str | None, patients: int) -> None:
                 one, two = Evaluation(compiled, ep.facts), Evaluation(interpreted, ep.facts)
                 assert compiled.guard(when, unless)(one) is two.guard(when, unless)
                 assert list(one.values.items()) == list(two.values.items())
+                assert one._payload == two._payload
             checked += 1
             if ep.closed:
                 break

@@ -333,7 +333,7 @@ class CriteriaPlan:
         found = self._guards.get(key)
         if found is None:
             if self.compiled:
-                found = compile_guard(when, unless, self.readers, (_T, _F, _U))
+                found = compile_guard(when, unless, self.nodes, self.readers, (_T, _F, _U))
             else:
                 found = partial(_interpreted_guard, when, unless)
             self._guards[key] = found
