@@ -634,15 +634,10 @@ def _read_threshold(n: _Node) -> Read:
     code = n.spec.observation
 
     def read(ev: Evaluation) -> tuple[Tri, Any]:
-        facts = ev.facts  # Facts.latest, in line (the most read criterion)
-        s = facts.series.get(code)
-        if not s or not s[0]:
+        latest = ev.facts.latest(code, validity)
+        if latest is None:
             return _U, None
-        at = s[0][-1]
-        if (facts.now - at).total_seconds() / 3600 > validity:
-            return _U, None
-        value = s[1][-1]
-        return (_T if op(value, limit) else _F), (at, value)
+        return (_T if op(latest[1], limit) else _F), latest
 
     return read
 
@@ -667,14 +662,10 @@ def _read_ratio(n: _Node) -> Read:
     code, if_abnormal = r.observation, r.baseline_if_abnormal
 
     def read(ev: Evaluation) -> tuple[Tri, Any]:
-        facts = ev.facts  # Facts.latest, in line
-        s = facts.series.get(code)
-        if not s or not s[0]:
+        facts = ev.facts
+        latest = facts.latest(code, validity)
+        if latest is None:
             return _U, None
-        at = s[0][-1]
-        if (facts.now - at).total_seconds() / 3600 > validity:
-            return _U, None
-        latest = (at, s[1][-1])
         base = facts.baseline.get(code)
         ref = fixed
         if ref is None:
