@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 import attrs
 
 from .compiler import CompiledGuideline, TransitionRef, compile_guideline, transition_refs
-from .criteria import CriteriaPlan, Dose, Evaluation, Explained, Facts, Therapy, Tri, Verdict
+from .criteria import CriteriaPlan, Dose, Evaluation, Facts, Therapy, Tri, Verdict
 from .decision import Action, Alert, Decision, Deviation, GuardResult, make_decision
 from .errors import EpisodeError, Problem
 from .loader import load_guideline
@@ -532,33 +532,31 @@ class Episode:
                     break
         if asked:
             alerts += self._missing_data(at, results, evaluation, prune=machine_event == REASSESS)
-        if self.engine.step_rules_in[target]:
-            alerts += self._step_rules(at, post)
+        alerts += self._step_rules(at, post)
         actions = self._actions(post)  # before the verdicts are listed: it reads criteria too
         definition = fired.ref.definition if fired else None
-        decisions = self.decisions
-        decision = make_decision(
-            len(decisions),
-            at,
-            event,
-            state,
-            target,
-            machine_event,
-            definition.label if definition else None,
-            definition.cite if definition else (),
-            inferred,
-            tuple(results),
-            Explained(evaluation, tuple(evaluation.values)),  # evaluation.explained()
-            self.g.states[target].recommendations,
-            tuple(alerts),
-            tuple(deviations),
-            tuple(h.ref.target for h in route[:-1]) if len(route) > 1 else (),
-            actions,
-            tuple(notes),
-            later,
+        return self._record(
+            make_decision(
+                len(self.decisions),
+                at,
+                event,
+                state,
+                target,
+                machine_event,
+                definition.label if definition else None,
+                definition.cite if definition else (),
+                inferred,
+                tuple(results),
+                evaluation.explained(),
+                self.g.states[target].recommendations,
+                tuple(alerts),
+                tuple(deviations),
+                tuple(h.ref.target for h in route[:-1]) if len(route) > 1 else (),
+                actions,
+                tuple(notes),
+                later,
+            )
         )
-        decisions.append(decision)
-        return decision
 
     def _treatment_event(self, therapy: Therapy) -> str | None:
         """The machine event a therapy sends: its drug class's, when it is given for the
