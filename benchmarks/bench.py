@@ -475,6 +475,19 @@ def latency_section(report: Report, args: argparse.Namespace) -> None:
             if a in q and b in q:
                 runs = [x / y for x, y in zip(q[a], q[b], strict=True)]
                 report.add(sec, f"{what} ({label})", "×", runs, at_most=limit)
+    # The p50 of all events falls where the two modes meet; within each mode the ratio is
+    # steady (shown, without a target, beside the target's figure).
+    decided_mask = [s.decided for steps in sample.steps for s in steps]
+    modes = (("events whose actions are decided", True), ("events only recorded", False))
+    for label, want in modes:
+
+        def mode_p50(p: Pass, want: bool = want) -> float:
+            times = [t for t, d in zip(p.times, decided_mask, strict=True) if d is want]
+            return percentile(times, 0.5)
+
+        if tb in passes and fl in passes:
+            runs = [mode_p50(a) / mode_p50(b) for a, b in zip(passes[tb], passes[fl], strict=True)]
+            report.add(sec, f"table runtime ÷ floor (p50 of the {label})", "×", runs)
     for n in names:
         report.add(
             "episode start",
@@ -760,6 +773,16 @@ def startup_section(report: Report, args: argparse.Namespace, tmp: Path) -> None
         )
     bare = [run_child([sys.executable, "-c", "pass"]).seconds * 1000 for _ in range(3)]
     report.add("start-up", "  python -c pass (for scale)", "ms", bare)
+    # What `iechs run` imports besides iechs and the standard library (the table runtime does
+    # not import python-statemachine): a floor no change to iechs can go below.
+    for label, modules in (
+        ("statechart runtime", "attrs, msgspec, rich.console, rich.table, statemachine"),
+        ("table runtime", "attrs, msgspec, rich.console, rich.table"),
+    ):
+        cmd = [sys.executable, "-c", f"import {modules}"]
+        run_child(cmd, env=env)
+        runs = [run_child(cmd, env=env).seconds * 1000 for _ in range(args.startup_runs)]
+        report.add("start-up", f"  its dependencies' import alone, {label} (for scale)", "ms", runs)
 
 
 _VERIFY_CODE = """

@@ -84,6 +84,25 @@ def test_run_text_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "missing_data" in out
 
 
+def test_run_text_shows_input_text_as_it_is_never_as_markup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A patient id and a drug outside the formulary are the input's words: the report shows
+    them as written. Read as rich markup, `pt[bold]7[/bold]` would print as `pt7` and the
+    tocilizumab dose would lose its `[red]`, and the reader would see another patient and
+    another drug than the record holds."""
+    doc = json.loads(DAY14.read_text())
+    doc["patient"]["id"] = "pt[bold]7[/bold]"
+    doc["events"][2]["drug"] = "tocilizumab[red]"
+    (tmp_path / "[draft].json").write_text(json.dumps(doc))
+    monkeypatch.chdir(tmp_path)  # a short title: it never wraps
+    assert main(["run", "[draft].json"]) == 0
+    out = capsys.readouterr().out
+    assert "[draft].json — patient pt[bold]7[/bold]" in out  # the title
+    assert "infusion (patient pt[bold]7[/bold])" in out
+    assert "tocilizumab[red] 8 mg/kg IV" in out
+
+
 def test_demo_runs_every_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--format", "json"]) == 0
     docs = json.loads(capsys.readouterr().out)
@@ -105,6 +124,25 @@ def test_module_entry_point_and_version() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.startswith("iechs 0.1.0")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_reader_that_stops_early_is_no_problem(fmt: str) -> None:
+    """`iechs demo | head -1`: the reader closes the pipe long before the report ends (it is
+    larger than a pipe's buffer). That is not a problem found (exit 1) nor a crash: the
+    command ends with exit 0 and says nothing on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iechs", "demo", "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert stderr == b""
 
 
 def test_cli_start_up_loads_no_engine() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -179,7 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IechsError as exc:
         print(f"iechs {args.command}: {exc.render()}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except BrokenPipeError:  # e.g. `iechs run x.json | head`
+    except BrokenPipeError:  # e.g. `iechs run x.json | head`: the reader has read enough
+        # Python flushes stdout once more at exit, which would fail again (exit 1, a "problem"
+        # to a script): what is left goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 

@@ -424,12 +424,11 @@ def _before_after(values: dict[str, Any] | None) -> str:
 def print_text(doc: dict[str, Any]) -> None:
     """The report for people: the two guidelines, a table of changed patients, then each
     change in a few lines (long lines are not wrapped, so they can be searched)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=False)
-    if not console.is_terminal:  # piped or captured: a stable, readable width
-        console = Console(highlight=False, soft_wrap=False, width=120)
+    from .report import text_console
+
+    console = text_console()
     console.print(f"baseline:  {_identity_line(doc['baseline'])}", markup=False, soft_wrap=True)
     console.print(f"guideline: {_identity_line(doc['guideline'])}", markup=False, soft_wrap=True)
     console.print(f"{doc['patients']} patients, {doc['changed']} with a changed course")

@@ -17,6 +17,7 @@ __all__ = [
     "print_run",
     "print_unverified",
     "print_validation",
+    "text_console",
 ]
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -76,16 +77,35 @@ def describe_action(a: Action) -> str:
     return " ".join(parts)
 
 
-def _console() -> Console:
-    console = Console(highlight=False, soft_wrap=False)
-    if not console.is_terminal:  # piped or captured: a stable, readable width
-        console = Console(highlight=False, soft_wrap=False, width=120)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader stopped reading (`iechs run x.json | head`): rich's own handling exits 1,
+        which a script reads as a problem found; `iechs.cli.main` ends it as it ends every
+        command whose reader is gone."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def text_console() -> Console:
+    """The console of iechs's text reports: no highlighting, long lines kept whole; piped or
+    captured, a stable, readable width."""
+    console = _Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console = _Console(highlight=False, soft_wrap=False, width=120)
     return console
 
 
 def print_run(title: str, decisions: list[Decision], console: Console | None = None) -> None:
-    console = console or _console()
-    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+    console = console or text_console()
+    # Everything that comes from the input (the title's path and patient id, the events' text)
+    # is given as Text, never as a string rich reads as markup: `[red]` in a drug name is shown
+    # as it is, not taken as a style (and the table skips parsing markup in every cell).
+    table = Table(
+        title=Text(title, style="table.title"),
+        title_justify="left",
+        show_lines=False,
+        expand=False,
+    )
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("time (UTC)", no_wrap=True)
     table.add_column("event")
@@ -102,7 +122,11 @@ def print_run(title: str, decisions: list[Decision], console: Console | None = N
                 alerts.append("\n")
             alerts.append(a.code, style=_SEVERITY_STYLE[a.severity])
         table.add_row(
-            str(d.step), d.at.strftime("%Y-%m-%d %H:%M"), describe_event(d.event), state, alerts
+            Text(str(d.step)),
+            Text(d.at.strftime("%Y-%m-%d %H:%M")),
+            Text(describe_event(d.event)),
+            state,
+            alerts,
         )
     console.print(table)
     all_alerts = [a for d in decisions for a in d.alerts]
@@ -128,7 +152,7 @@ def print_run(title: str, decisions: list[Decision], console: Console | None = N
 
 
 def print_validation(g: Guideline, console: Console | None = None) -> None:
-    console = console or _console()
+    console = console or text_console()
     transitions = sum(len(s.transitions) for s in g.states.values())
     recs = sum(len(s.recommendations) for s in g.states.values())
     meta = g.guideline
@@ -165,7 +189,7 @@ def _statement_text(item: object) -> str:
 
 def print_unverified(g: Guideline, console: Console | None = None) -> None:
     """Every statement still `verified: false`, with its place and sources."""
-    console = console or _console()
+    console = console or text_console()
     from .checks import citables  # noqa: PLC0415 - `iechs run` needs no checks
 
     for path, item in citables(g):
