@@ -199,6 +199,31 @@ def test_sqlite_one_byte_changed(work: Path, capsys: pytest.CaptureFixture[str])
     assert "does not match its stored hash" in out
 
 
+def test_show_marks_the_altered_record_in_its_row(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An auditor lists the log (`iechs audit show`) after record 3 was edited to claim the
+    patient went from surveillance straight to `resolved`. The edited row must carry its
+    defect, in brackets under the event: an auditor who reads the list, not `verify`, sees
+    which row not to trust. (rich read `[its content does not match its stored hash]` as a
+    markup tag and printed an empty line in its place.)"""
+    db = work / "log.db"
+    (body,) = sql(db, "SELECT body FROM iechs_records WHERE seq = 3")[0]
+    assert '"to":"surveillance"' in str(body)
+    sql(
+        db,
+        "UPDATE iechs_records SET body = ? WHERE seq = 3",
+        str(body).replace('"to":"surveillance"', '"to":"resolved"'),
+    )
+    capsys.readouterr()
+    assert main(["audit", "show", str(db), "--episode", "demo-day14"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    third = next(i for i, row in enumerate(rows) if row.startswith("│ 3 "))
+    assert "surveillance -> resolved" in rows[third]
+    event_cells = " ".join(row.split("│")[5].strip() for row in rows[third : third + 5])
+    assert "[its content does not match its stored hash]" in event_cells
+
+
 def test_sqlite_one_byte_changed_breaking_the_json(
     work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -409,6 +409,27 @@ def test_a_timeline_valid_under_one_guideline_only_is_an_input_change(
 # --- (5) the HTML page and (6) determinism --------------------------------------------------------
 
 
+def test_text_report_shows_a_patient_and_file_as_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The text report a reviewer reads in a terminal: a changed patient whose id and file name
+    hold brackets and colons is listed as named. Read as rich markup and emoji codes,
+    `odd[red]id:one:` would print as `odd1️⃣`... and match no patient in the cohort."""
+    site = site_profile(tmp_path, "  reassessment_interval_hours:\n    value: 8\n")
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    odd = example("reassessment-overdue.json")
+    odd["patient"]["id"] = "odd[red]id:one:"
+    (cohort / "[draft] overdue.json").write_text(json.dumps(odd), encoding="utf-8")
+    code, out, err = compare(capsys, cohort, "--baseline", GUIDELINE, "--guideline", site)
+    assert code == 0, err
+    assert "1 patients, 1 with a changed course" in out
+    row = next(line for line in out.splitlines() if line.startswith("│") and "overdue" in line)
+    assert "[draft] overdue.json" in row  # the table's row
+    assert "odd[red]id:one:" in row
+    assert "[draft] overdue.json — patient odd[red]id:one:" in out  # the change's heading
+
+
 def test_html_page_names_the_changed_patients_offline_and_escaped(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

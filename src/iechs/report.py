@@ -14,6 +14,7 @@ from .model import Guideline
 __all__ = [
     "describe_action",
     "describe_event",
+    "plain_console",
     "print_run",
     "print_unverified",
     "print_validation",
@@ -86,13 +87,21 @@ class _Console(Console):
         raise BrokenPipeError
 
 
+def plain_console(*, width: int | None = None, stderr: bool = False) -> Console:
+    """A console that prints text as it is: rich reads no markup (`[red]`) and no emoji codes
+    (`:one:`) in what it prints, because most of it comes from the input (patient ids, drug
+    names, file paths) or from the log; a style is given as `Text`. Long lines are kept whole;
+    a reader that stops early ends the command quietly (`_Console`)."""
+    return _Console(
+        highlight=False, markup=False, emoji=False, soft_wrap=False, width=width, stderr=stderr
+    )
+
+
 def text_console() -> Console:
-    """The console of iechs's text reports: no highlighting, long lines kept whole; piped or
-    captured, a stable, readable width."""
-    console = _Console(highlight=False, soft_wrap=False)
-    if not console.is_terminal:
-        console = _Console(highlight=False, soft_wrap=False, width=120)
-    return console
+    """The console of iechs's text reports (`plain_console`); piped or captured, a stable,
+    readable width."""
+    console = plain_console()
+    return console if console.is_terminal else plain_console(width=120)
 
 
 def print_run(title: str, decisions: list[Decision], console: Console | None = None) -> None:
@@ -138,7 +147,7 @@ def print_run(title: str, decisions: list[Decision], console: Console | None = N
             line.append(f" {a.at.strftime('%Y-%m-%d %H:%M')}  {a.code}: {a.message}")
             console.print(line)
     final = decisions[-1]
-    console.print(f"Final state: [bold]{final.target}[/bold]")
+    console.print(Text.assemble("Final state: ", (final.target, "bold")))
     if final.actions:
         console.print("Next actions:")
         for i, action in enumerate(final.actions, 1):

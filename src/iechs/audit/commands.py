@@ -13,6 +13,7 @@ from rich.console import Console
 
 from ..loader import load_guideline
 from ..model import Guideline
+from ..report import plain_console
 from .chain import verify_log
 from .checkpoint import (
     generate_key,
@@ -141,7 +142,7 @@ def _write(log: Log, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=False, width=140)
+    return plain_console(stderr=True, width=140)
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..report import describe_event
+from ..report import describe_event, plain_console
 from .chain import Verification, read_record
 from .errors import AuditError, problem
 from .export import unknown_episode
@@ -35,10 +35,10 @@ _RESULT_STYLE = {"TRUE": "bold green", "FALSE": "red", "UNKNOWN": "bold yellow"}
 
 
 def console() -> Console:
-    out = Console(highlight=False, soft_wrap=False)
-    if not out.is_terminal:  # piped or captured: a stable, readable width
-        out = Console(highlight=False, soft_wrap=False, width=140)
-    return out
+    """What the log holds, printed as it is (`iechs.report.plain_console`); piped or captured,
+    a stable, readable width."""
+    out = plain_console()
+    return out if out.is_terminal else plain_console(width=140)
 
 
 def print_log(log: Log, episode: str | None = None, out: Console | None = None) -> int:
