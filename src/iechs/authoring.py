@@ -52,6 +52,7 @@ from . import model as m
 from .checks import citables
 from .errors import Problem
 from .loader import _RENAMES, SourceMap, _read_layers
+from .report import plain_console
 
 __all__ = [
     "AuthorWarning",
@@ -701,7 +702,7 @@ def author_warnings(
 def print_warnings(
     warnings: Sequence[AuthorWarning], file: str, console: Console | None = None, *, strict: bool
 ) -> None:
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or plain_console(soft_wrap=True)
     for w in warnings:
         line = Text("warning: ", style="bold yellow")
         line.append(w.render(file))

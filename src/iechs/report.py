@@ -87,13 +87,15 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-def plain_console(*, width: int | None = None, stderr: bool = False) -> Console:
+def plain_console(
+    *, width: int | None = None, stderr: bool = False, soft_wrap: bool = False
+) -> Console:
     """A console that prints text as it is: rich reads no markup (`[red]`) and no emoji codes
     (`:one:`) in what it prints, because most of it comes from the input (patient ids, drug
-    names, file paths) or from the log; a style is given as `Text`. Long lines are kept whole;
-    a reader that stops early ends the command quietly (`_Console`)."""
+    names, file paths) or from the log; a style is given as `Text`. Long lines are kept whole
+    (unless `soft_wrap`); a reader that stops early ends the command quietly (`_Console`)."""
     return _Console(
-        highlight=False, markup=False, emoji=False, soft_wrap=False, width=width, stderr=stderr
+        highlight=False, markup=False, emoji=False, soft_wrap=soft_wrap, width=width, stderr=stderr
     )
 
 
