@@ -478,15 +478,19 @@ def latency_section(report: Report, args: argparse.Namespace) -> None:
     # The p50 of all events falls where the two modes meet; within each mode the ratio is
     # steady (shown, without a target, beside the target's figure).
     decided_mask = [s.decided for steps in sample.steps for s in steps]
-    modes = (("events whose actions are decided", True), ("events only recorded", False))
-    for label, want in modes:
 
-        def mode_p50(p: Pass, want: bool = want) -> float:
-            times = [t for t, d in zip(p.times, decided_mask, strict=True) if d is want]
-            return percentile(times, 0.5)
+    def mode_p50(p: Pass, want: bool) -> float:
+        return percentile([t for t, d in zip(p.times, decided_mask, strict=True) if d is want], 0.5)
 
-        if tb in passes and fl in passes:
-            runs = [mode_p50(a) / mode_p50(b) for a, b in zip(passes[tb], passes[fl], strict=True)]
+    if tb in passes and fl in passes:
+        for label, want in (
+            ("events whose actions are decided", True),
+            ("events only recorded", False),
+        ):
+            runs = [
+                mode_p50(a, want) / mode_p50(b, want)
+                for a, b in zip(passes[tb], passes[fl], strict=True)
+            ]
             report.add(sec, f"table runtime ÷ floor (p50 of the {label})", "×", runs)
     for n in names:
         report.add(

@@ -99,18 +99,18 @@ def plain_console(
     )
 
 
-def text_console() -> Console:
+def text_console(piped_width: int = 120) -> Console:
     """The console of iechs's text reports (`plain_console`); piped or captured, a stable,
-    readable width."""
+    readable width (`piped_width`)."""
     console = plain_console()
-    return console if console.is_terminal else plain_console(width=120)
+    return console if console.is_terminal else plain_console(width=piped_width)
 
 
 def print_run(title: str, decisions: list[Decision], console: Console | None = None) -> None:
     console = console or text_console()
-    # Everything that comes from the input (the title's path and patient id, the events' text)
-    # is given as Text, never as a string rich reads as markup: `[red]` in a drug name is shown
-    # as it is, not taken as a style (and the table skips parsing markup in every cell).
+    # What comes from the input (the title's path and patient id, the events' text) is given
+    # as Text: shown as written on any console, a caller's own included (`text_console` reads
+    # no markup; a console a caller passes may).
     table = Table(
         title=Text(title, style="table.title"),
         title_justify="left",

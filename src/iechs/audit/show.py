@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..report import describe_event, plain_console
+from ..report import describe_event, text_console
 from .chain import Verification, read_record
 from .errors import AuditError, problem
 from .export import unknown_episode
@@ -35,10 +35,8 @@ _RESULT_STYLE = {"TRUE": "bold green", "FALSE": "red", "UNKNOWN": "bold yellow"}
 
 
 def console() -> Console:
-    """What the log holds, printed as it is (`iechs.report.plain_console`); piped or captured,
-    a stable, readable width."""
-    out = plain_console()
-    return out if out.is_terminal else plain_console(width=140)
+    """What the log holds, printed as it is (`iechs.report.text_console`, wider when piped)."""
+    return text_console(piped_width=140)
 
 
 def print_log(log: Log, episode: str | None = None, out: Console | None = None) -> int:
