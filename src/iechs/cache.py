@@ -12,10 +12,11 @@ not a bundled one (a contract named by path) is never cached.
 Only a guideline that loaded without error is cached: a bad file is checked afresh every
 time, and reported exactly as without the cache. A hit is equal to a fresh load.
 
-The cache also keeps compiled code (`code`): iechs's own generated Python source (the
-guideline's criteria, written out by `iechs.criteria_codegen`) is compiled once, not at every
-start. Such an entry is named by the sha256 of the source, its file name and the Python version,
-holds the code object (marshal), and is read under the rules below, as a guideline's entry is.
+The cache also keeps compiled code (`code`): generated Python source is compiled once, not at
+every start: the guideline's criteria, written out by `iechs.criteria_codegen`, and the methods
+attrs writes for each of iechs's classes (`iechs._attrs_code`). Such an entry is named by the
+sha256 of the source, its file name and the Python version, holds the code object (marshal),
+and is read under the rules below, as a guideline's entry is.
 
 Where: `$IECHS_CACHE_DIR`, else `$XDG_CACHE_HOME/iechs`, else `~/.cache/iechs`.
 `IECHS_CACHE=off` (or `0`, `false`, `no`) turns it off: nothing is read or written.
@@ -72,14 +73,24 @@ _DIGEST = hashlib.sha256().digest_size
 #: Entries kept; the oldest are removed beyond this.
 MAX_ENTRIES = 64
 #: Compiled-code entries kept (a guideline's criteria make one large entry and a small one per
-#: guard: some 16 for the bundled guideline); the oldest are removed beyond this.
-MAX_CODE_ENTRIES = 256
+#: guard: some 16 for the bundled guideline; iechs's attrs classes one each: some 140, a few kB
+#: each); the oldest are removed beyond this.
+MAX_CODE_ENTRIES = 1024
 #: An entry larger than this is not read (the bundled guideline's is about 60 kB).
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 
 #: The modules whose code builds a `Guideline` from a file (a test holds this list to what
 #: `parse_guideline` imports): a change in any of them misses the cache.
-BUILD_MODULES = ("_version", "cache", "checks", "contract", "errors", "loader", "model")
+BUILD_MODULES = (
+    "_attrs_code",
+    "_version",
+    "cache",
+    "checks",
+    "contract",
+    "errors",
+    "loader",
+    "model",
+)
 #: The libraries whose behaviour the result depends on (their files' size and time are keyed).
 _LIBRARIES = ("attr", "attrs", "cattrs", "yaml")
 

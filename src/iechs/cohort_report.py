@@ -54,6 +54,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._attrs_code import install
+
+install()  # the classes below take their methods' code from the cache (`iechs._attrs_code`)
+
 if TYPE_CHECKING:
     from .cohort_summaries import Cohort, Occurrence, Summary
     from .model import Guideline

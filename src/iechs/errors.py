@@ -13,6 +13,12 @@ from typing import Any, Literal, get_args, get_origin
 
 import attrs
 
+from ._attrs_code import install
+
+# Every iechs module that makes attrs classes imports this one or `iechs.model` first (a test
+# holds them to it): from here on their methods' code comes from the cache (`iechs._attrs_code`).
+install()
+
 __all__ = [
     "EpisodeError",
     "GuidelineError",

@@ -12,6 +12,10 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from ._attrs_code import install
+
+install()  # the classes below take their methods' code from the cache (`iechs._attrs_code`)
+
 __all__ = [
     "ALL_CRITERION_KINDS",
     "PROPERTY_KINDS",

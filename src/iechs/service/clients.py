@@ -20,6 +20,10 @@ from urllib.parse import quote
 
 import attrs
 
+from .._attrs_code import install
+
+install()  # the classes below take their methods' code from the cache (`iechs._attrs_code`)
+
 __all__ = ["ANONYMOUS", "TENANT_PREFIX", "Client", "tenant_episode_id", "tenant_problem"]
 
 #: How the id of a tenant's episode starts.
