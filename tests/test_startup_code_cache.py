@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,21 @@ def test_code_entries_are_pruned_apart_from_guidelines(
         cache.code(SOURCE + f"# {i}\n", "<test>")
     assert len(code_entries(cache_dir)) == 3
     assert guideline_entry.exists()
+
+
+def test_what_a_killed_writer_left_is_removed_after_an_hour(cache_dir: Path) -> None:
+    """A temporary file (a writer killed between writing and renaming) is removed by a later
+    write once it is an hour old; a younger one may be a writer at work, and is left."""
+    cache.code(SOURCE, "<test>")
+    old, young = cache_dir / ".tmp-old.code", cache_dir / ".tmp-young.code"
+    for path in (old, young):
+        path.write_bytes(b"half an entry")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    cache.code(SOURCE + "# another\n", "<test>")
+    assert not old.exists()
+    assert young.exists()
+    assert len([p for p in code_entries(cache_dir) if not p.name.startswith(".")]) == 2
 
 
 def test_an_engine_decides_alike_with_the_cache_and_without(cache_dir: Path) -> None:

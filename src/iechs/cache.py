@@ -313,24 +313,30 @@ def _write_atomically(folder: Path, name: str, data: bytes, suffix: str = _GUIDE
 def _prune(folder: Path, suffix: str = _GUIDELINE) -> None:
     """Keep the newest entries of a kind (`suffix`): `MAX_ENTRIES` guidelines,
     `MAX_CODE_ENTRIES` compiled codes; remove what a killed writer left behind (a temporary
-    file older than an hour)."""
+    file older than an hour). Names are listed first, and files are stat'ed only when there is
+    something to remove: a start that fills an empty cache writes some 150 entries."""
     import time  # noqa: PLC0415 - only on a miss
 
-    stale = time.time_ns() - 3600 * 10**9
-    entries: list[tuple[int, Path]] = []
-    doomed: list[Path] = []
-    for path in folder.glob(f"*{suffix}"):
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            continue
-        if not path.name.startswith("."):
-            entries.append((mtime, path))
-        elif mtime < stale:
-            doomed.append(path)
-    entries.sort(reverse=True)
     keep = MAX_CODE_ENTRIES if suffix == _CODE else MAX_ENTRIES
-    doomed += [path for _, path in entries[keep:]]
-    for path in doomed:
+    with os.scandir(folder) as listing:
+        names = [e.name for e in listing if e.name.endswith(suffix)]
+    temporary = [n for n in names if n.startswith(".")]
+    kept = [n for n in names if not n.startswith(".")]
+    if len(kept) <= keep and not temporary:
+        return
+    stale = time.time_ns() - 3600 * 10**9
+    doomed: list[str] = []
+    for name in temporary:
         with contextlib.suppress(OSError):
-            path.unlink()
+            if os.stat(folder / name).st_mtime_ns < stale:
+                doomed.append(name)
+    if len(kept) > keep:
+        entries: list[tuple[int, str]] = []
+        for name in kept:
+            with contextlib.suppress(OSError):
+                entries.append((os.stat(folder / name).st_mtime_ns, name))
+        entries.sort(reverse=True)
+        doomed += [name for _, name in entries[keep:]]
+    for name in doomed:
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
