@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import attrs
+import pytest
 
 import iechs
 
@@ -192,3 +193,19 @@ def test_other_classes_are_left_to_attrs(tmp_path: Path) -> None:
         tmp_path,
     )
     assert attrs.has(iechs.Guideline)
+
+
+def test_another_attrs_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attrs whose internals differ from those this was written for (here: another
+    signature) compiles as it will: install() changes nothing."""
+    from attr import _make
+
+    from iechs import _attrs_code
+
+    def other(script: str, globs: dict[str, object]) -> None:
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(_make, "_compile_and_eval", other)
+    monkeypatch.setattr(_attrs_code, "_installed", False)
+    _attrs_code.install()
+    assert _make._compile_and_eval is other
