@@ -3,9 +3,9 @@
 attrs writes each class's methods (`__init__`, `__eq__`, `__hash__`, `__repr__`, ...) as
 Python source and compiles it when the class is made. For iechs's classes that compiling is
 about a seventh of a command's start (117 of `iechs run`'s 791 million instructions, some 30 ms).
-`install()` has attrs take the
-compiled code from `iechs.cache.code` instead, the cache that keeps the criteria's generated
-code: the same source and file name give the very code object `compile` would.
+`install()` has attrs take the compiled code from `iechs.cache.code` instead, the cache that
+keeps the criteria's generated code: the same source and file name give the very code object
+`compile` would.
 
 One thing in attrs's source differs from one process to the next: `__hash__` mixes in a number
 (the hash of a name, which Python salts per process). That number is given to the code as a
