@@ -101,14 +101,21 @@ Dependency = tuple[str, str | None]
 
 def cache_dir() -> Path | None:
     """The cache's directory, or None when the cache is off."""
-    if os.environ.get(ENV_SWITCH, "").strip().lower() in _OFF:
+    env = os.environ
+    return _cache_dir(
+        env.get(ENV_SWITCH, ""), env.get(ENV_DIR), env.get("XDG_CACHE_HOME"), env.get("HOME")
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_dir(switch: str, explicit: str | None, xdg: str | None, home: str | None) -> Path | None:
+    """`cache_dir` for these environment variables (asked once per class made at start)."""
+    if switch.strip().lower() in _OFF:
         return None
     if not hasattr(os, "getuid"):  # no owner to check an entry against: never unpickle
         return None
-    explicit = os.environ.get(ENV_DIR)
     if explicit:
         return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg and os.path.isabs(xdg):  # the XDG spec: a relative path is ignored
         return Path(xdg) / "iechs"
     try:
@@ -210,21 +217,33 @@ def read(key: str) -> Guideline | None:
     return guideline
 
 
-def _read_entry(path: Path, magic: bytes = _MAGIC) -> bytes | None:
+#: How an entry is opened: no symlink followed, nothing waited for (a FIFO).
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _read_entry(path: str | Path, magic: bytes = _MAGIC) -> bytes | None:
     """The payload of an entry file (after `magic` and its checksum) when it is trusted and
     whole."""
-    # no symlink followed, nothing waited for (a FIFO): only a regular file is read
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    flags |= getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not (stat.S_ISREG(st.st_mode) and _secure(st)) or st.st_size > MAX_ENTRY_BYTES:
             return None
-        data = f.read(MAX_ENTRY_BYTES + 1)
+        # its size and one byte more (a file that grew since fails the checksum), not the
+        # limit: a read of n bytes allocates n bytes first, 64 MB for an entry of a few kB
+        data = os.read(fd, st.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     head = len(magic) + _DIGEST
     if len(data) < head or not data.startswith(magic):
         return None
@@ -266,10 +285,14 @@ def code(source: str, filename: str) -> types.CodeType:
     folder = cache_dir()
     if folder is None:
         return compile(source, filename, "exec")
-    fields = [sys.version, sys.implementation.cache_tag or "", marshal.version, filename, source]
-    key = hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+    # the Python that compiles, then the name and the source (the name's length keeps the two
+    # apart)
+    stamp = f"{sys.version}\0{sys.implementation.cache_tag}\0{marshal.version}\0{len(filename)}"
+    key = hashlib.sha256(
+        f"{stamp}\0{filename}{source}".encode("utf-8", "surrogatepass")
+    ).hexdigest()
     if _secure_dir(folder):
-        payload = _read_entry(folder / f"{key}{_CODE}", _CODE_MAGIC)
+        payload = _read_entry(os.path.join(folder, key + _CODE), _CODE_MAGIC)
         if payload is not None:
             try:
                 found = marshal.loads(payload)
