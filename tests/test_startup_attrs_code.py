@@ -14,7 +14,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import attrs
 import pytest
 
 import iechs
@@ -192,7 +191,6 @@ def test_other_classes_are_left_to_attrs(tmp_path: Path) -> None:
         """,
         tmp_path,
     )
-    assert attrs.has(iechs.Guideline)
 
 
 def test_another_attrs_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,10 +42,8 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    try:
-        from attr import _make  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - attrs is a dependency
-        return
+    from attr import _make  # noqa: PLC0415 - attrs's internals, read only to be replaced
+
     original = getattr(_make, "_compile_and_eval", None)
     if original is None or _parameters(original) != ("script", "globs", "locs", "filename"):
         return  # another attrs than the one this was written for: it compiles as it will

@@ -15,8 +15,9 @@ import attrs
 
 from ._attrs_code import install
 
-# Every iechs module that makes attrs classes imports this one or `iechs.model` first (a test
-# holds them to it): from here on their methods' code comes from the cache (`iechs._attrs_code`).
+# Every iechs module that makes attrs classes imports this one or `iechs.model` first, or calls
+# `install()` itself (a test holds them to it): from here on their methods' code comes from the
+# cache (`iechs._attrs_code`).
 install()
 
 __all__ = [
